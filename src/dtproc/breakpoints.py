@@ -170,6 +170,14 @@ class AddressSpace:
             site.breakpoints.clear()
             self._disarm(site)
 
+    def forget_range(self, start: int, end: int) -> None:
+        """Drop sites in [start, end) without writing: their mapping is gone (dlclose)."""
+        for address in [a for a in self._sites if start <= a < end]:
+            site = self._sites.pop(address)
+            for bp in site.breakpoints:
+                bp.active = False
+            site.breakpoints.clear()
+
     def clean_copy(self, pid: int) -> None:
         """Write the original bytes over our int3s in a fork child's copy of memory."""
         if not self._sites:
@@ -203,13 +211,12 @@ class AddressSpace:
             return
         site.plan.prepare(tid, regs)
 
-    def step_displaced(self, tid: int) -> bool:
+    def step_displaced(self, tid: int, regs: UserRegs) -> bool:
         """Single-step the displaced instruction of a thread stopped at a site.
 
         False when the site is gone: the original instruction is back in place and
         an ordinary single-step will do.
         """
-        regs = ptrace.getregs(tid)
         site = self._sites.get(regs.rip)
         if site is None:
             return False

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, final
 
@@ -58,6 +58,7 @@ from dtproc.events import (
     VForkDone,
     VForked,
 )
+from dtproc.modules import ModuleMap, Symbol
 from dtproc.types import ProcessIdentity, ProcessState, ReleaseMode
 
 if TYPE_CHECKING:
@@ -96,6 +97,10 @@ class _Thread:
     listening: bool = False  # resumed with PTRACE_LISTEN: held in group-stop
     stepping: bool = False
     hold: bool = False  # stays stopped on resume() (an intercepted signal, a bp with no callback)
+    internal: bool = False  # stepped or injected into by us: signals that arrive wait in queued
+    regs: UserRegs | None = None  # the registers as they are (rip rewound at a breakpoint)
+    regs_dirty: bool = False  # regs differ from what the kernel holds
+    queued: list[ptrace.SigInfo] = field(default_factory=list)
 
     @property
     def stopped(self) -> bool:
@@ -149,6 +154,8 @@ class Tracee:
         self._mem_fd = -1
         self._exe = procfs.exe_path(pid)
         self._space: AddressSpace | None = None
+        self._modules: ModuleMap | None = None
+        self._syscall_at = 0
         self._open_memory()
 
     # ------------------------------------------------------------------ construction
@@ -382,12 +389,41 @@ class Tracee:
             addr += len(data)
         return bytes(out)
 
+    # ------------------------------------------------------------------ modules and symbols
+    @property
+    def modules(self) -> ModuleMap:
+        """The mapped ELF objects (a snapshot, rebuilt after exec and library loads)."""
+        if self._modules is None:
+            self._modules = ModuleMap.read(self.pid, self.read_raw)
+        return self._modules
+
+    def refresh_modules(self) -> ModuleMap:
+        """Re-read the mappings now (the rtld agent does this at each consistent point)."""
+        self._modules = None
+        return self.modules
+
+    def lookup(self, module: str | None, name: str) -> Symbol | None:
+        """Find *name* in *module* (``a.out``, ``libc.so.6``, a path; None: all, load order).
+
+        A miss re-reads the mappings once: a library may have been loaded since.
+        """
+        found = self.modules.lookup(module, name)
+        if found is None:
+            found = self.refresh_modules().lookup(module, name)
+        return found
+
+    def symbolize(self, address: int) -> str:
+        """``module`function+0xoff`` for an address, as ustack() prints frames."""
+        if self.modules.module_at(address) is None:
+            self.refresh_modules()
+        return self.modules.symbolize(address)
+
     # ------------------------------------------------------------------ registers
     def registers(self, tid: int | None = None) -> UserRegs:
         """The registers of a stopped thread (a fresh copy; change it and ``set_registers``)."""
         th = self._stopped_thread(tid, "read registers")
         try:
-            return ptrace.getregs(th.tid)
+            return self._regs(th).copy()
         except OSError as exc:
             raise from_oserror(
                 exc, self.pid, f"pid {self.pid}: cannot read registers of {th.tid}"
@@ -395,17 +431,33 @@ class Tracee:
 
     def set_registers(self, tid: int | None, regs: UserRegs) -> None:
         th = self._stopped_thread(tid, "write registers")
-        if th.stop is _Stop.BREAKPOINT and self._space is not None and regs.rip != self._bp_rip(th):
+        if th.stop is _Stop.BREAKPOINT and regs.rip != self._regs(th).rip:
             th.stop = _Stop.INTERRUPT  # moved away: the displaced instruction will not run
         try:
             ptrace.setregs(th.tid, regs)
+            th.regs = regs.copy()
+            th.regs_dirty = False
         except OSError as exc:
             raise from_oserror(
                 exc, self.pid, f"pid {self.pid}: cannot write registers of {th.tid}"
             ) from None
 
-    def _bp_rip(self, th: _Thread) -> int:
-        return ptrace.getregs(th.tid).rip
+    def _regs(self, th: _Thread) -> UserRegs:
+        """The registers of a stopped thread, from our cache when we have them."""
+        if th.regs is None:
+            th.regs = ptrace.getregs(th.tid)
+        return th.regs
+
+    def _sync_regs(self, th: _Thread) -> None:
+        """Hand our cached registers to the kernel before it runs or reads the thread."""
+        if th.regs_dirty and th.regs is not None:
+            ptrace.setregs(th.tid, th.regs)
+        th.regs_dirty = False
+
+    def _running(self, th: _Thread) -> None:
+        th.stop = _Stop.NONE
+        th.regs = None
+        th.regs_dirty = False
 
     def _stopped_thread(self, tid: int | None, what: str) -> _Thread:
         self._require_control(what)
@@ -455,8 +507,12 @@ class Tracee:
         th = self._stopped_thread(tid, "single-step")
         if th.stop is _Stop.BREAKPOINT and self._space is not None:
             th.stop = _Stop.STEP
-            if self._space.step_displaced(th.tid):
+            regs = self._regs(th)
+            th.regs = None
+            if self._space.step_displaced(th.tid, regs):
                 return ptrace.getregs(th.tid).rip
+            ptrace.setregs(th.tid, regs)
+        self._sync_regs(th)
         self._single_step(th)
         if th.tid not in self._threads:
             raise NoSuchProcess(self.pid, f"pid {self.pid}: thread {th.tid} exited while stepping")
@@ -467,7 +523,8 @@ class Tracee:
         assert self._space is not None
         th = self._threads[tid]
         wanted = self._want_stopped
-        running = [o for o in self._threads.values() if o is not th and not o.stopped]
+        already_stopped = {o.tid for o in self._threads.values() if o.stopped}
+        running = [o for o in self._threads.values() if not o.stopped]
         self._want_stopped = True
         for other in running:
             try:
@@ -480,22 +537,25 @@ class Tracee:
             if site is not None:
                 self.write_raw(address, bytes([site.original]))
             try:
-                self._single_step(th)
+                self._internal_step(th)
             finally:
                 if self._space.breakpoint_at(address) is not None:
                     self.write_raw(address, b"\xcc")
         finally:
             self._want_stopped = wanted
-            for other in running:
-                if other.tid in self._threads and other.stopped and not wanted:
-                    self._resume_thread(other)
+            if not wanted:
+                # Everything we stopped goes on -- threads born meanwhile included.
+                for other in list(self._threads.values()):
+                    if other is not th and other.stopped and other.tid not in already_stopped:
+                        self._resume_thread(other)
 
     def _single_step(self, th: _Thread) -> None:
         """Step *th* by one instruction, delivering a signal that arrives first."""
         sig, th.signal = th.signal, 0
         while True:
             th.stepping = True
-            th.stop = _Stop.NONE
+            self._sync_regs(th)
+            self._running(th)
             ptrace.singlestep(th.tid, sig)
             while th.stepping and th.tid in self._threads and not th.stopped:
                 got = self._next_status(None)
@@ -505,6 +565,85 @@ class Tracee:
             if th.tid not in self._threads or th.stop is not _Stop.SIGNAL:
                 return
             sig, th.signal = th.signal, 0
+
+    def _internal_step(self, th: _Thread) -> None:
+        """Step *th* for our own purposes: a signal that arrives first waits in th.queued."""
+        th.internal = True
+        try:
+            while th.tid in self._threads:
+                th.stepping = True
+                self._sync_regs(th)
+                self._running(th)
+                ptrace.singlestep(th.tid, 0)
+                while th.stepping and th.tid in self._threads and not th.stopped:
+                    got = self._next_status(None)
+                    if got is not None:
+                        self._on_status(*got)
+                th.stepping = False
+                if th.stop is _Stop.STEP:
+                    return
+        finally:
+            th.internal = False
+
+    def step_raw(self, tid: int) -> None:
+        """Execute one instruction of a stopped thread at its current rip, for plans."""
+        th = self._threads[tid]
+        self._internal_step(th)
+
+    def inject_syscall(self, nr: int, *args: int) -> int:
+        """Run a system call in one of the target's threads; return its (signed) result.
+
+        A stopped thread is borrowed if there is one, otherwise one is stopped for the
+        moment. Its registers are restored afterwards, and a signal that arrives
+        meanwhile is held and delivered when the thread goes on.
+        """
+        self._require_control("inject a system call")
+        th = next((t for t in self._threads.values() if t.stopped and not t.signal), None)
+        th = th or next((t for t in self._threads.values() if t.stopped), None)
+        borrowed = th is None
+        if th is None:
+            th = next(iter(self._threads.values()))
+            th.hold = True
+            try:
+                ptrace.interrupt(th.tid)
+                while not th.stopped and th.tid in self._threads:
+                    got = self._next_status(None)
+                    if got is not None:
+                        self._on_status(*got)
+            finally:
+                th.hold = False
+            if th.tid not in self._threads:
+                raise NoSuchProcess(self.pid, f"pid {self.pid}: thread {th.tid} exited")
+        kind = th.stop
+        self._sync_regs(th)
+        saved = self._regs(th).copy()
+        regs = saved.copy()
+        regs.rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args, strict=False):
+            setattr(regs, name, value & _U64)
+        regs.orig_rax = _U64  # no syscall restart
+        regs.rip = self._syscall_site()
+        ptrace.setregs(th.tid, regs)
+        self._internal_step(th)
+        result = ptrace.getregs(th.tid).rax
+        ptrace.setregs(th.tid, saved)
+        th.regs = saved
+        th.stop = kind if kind is not _Stop.NONE else _Stop.INTERRUPT
+        if borrowed and not self._want_stopped:
+            self._resume_thread(th)
+        return result - (1 << 64) if result >= 1 << 63 else result
+
+    def _syscall_site(self) -> int:
+        """An address holding a ``syscall`` instruction: the vDSO has several."""
+        if self._syscall_at:
+            return self._syscall_at
+        vdso = next((m for m in procfs.read_maps(self.pid) if m.path == "[vdso]"), None)
+        if vdso is not None:
+            at = self.read_raw(vdso.start, vdso.end - vdso.start).find(b"\x0f\x05")
+            if at >= 0:
+                self._syscall_at = vdso.start + at
+                return self._syscall_at
+        raise DtprocError(f"pid {self.pid}: no syscall instruction found to inject system calls")
 
     def wait(self, timeout: float | None = None) -> Event | None:
         """The next event, or None on timeout, on ``wake()``, or when the process is gone."""
@@ -582,6 +721,13 @@ class Tracee:
     def _on_signal_stop(self, th: _Thread, sig: int) -> None:
         if sig == signal.SIGTRAP and self._on_sigtrap(th):
             return
+        if th.internal:
+            # We are stepping it for our own ends: hold the signal (with its siginfo) for later.
+            th.queued.append(ptrace.getsiginfo(th.tid))
+            th.stop = _Stop.SIGNAL
+            th.stepping = False
+            self._events.append(SignalReceived(self.pid, th.tid, sig, False))
+            return
         th.stop = _Stop.SIGNAL
         th.signal = sig
         if th.stepping:
@@ -624,10 +770,13 @@ class Tracee:
             self._after_our_trap(th)
             return True
         regs.rip = addr
+        th.regs = regs
+        th.regs_dirty = True
         th.stop = _Stop.BREAKPOINT
         keep = self._space.dispatch_hit(bp, th.tid, regs)
         if keep:
             th.hold = True
+            self._sync_regs(th)
             self._events.append(BreakpointHit(self.pid, th.tid, addr))
             return True
         self._after_our_trap(th)
@@ -741,6 +890,8 @@ class Tracee:
         leader = self._threads.setdefault(self.pid, th)
         leader.stop = _Stop.EVENT
         self._exe = procfs.exe_path(self.pid)
+        self._modules = None
+        self._syscall_at = 0
         self._open_memory()
         self._reset_space()
         self._events.append(Exec(self.pid, former, self._exe))
@@ -839,20 +990,36 @@ class Tracee:
                 self._listen(th)
                 return
             if th.stop is _Stop.BREAKPOINT and self._space is not None:
-                self._space.execute_displaced(th.tid, ptrace.getregs(th.tid))
+                self._space.execute_displaced(th.tid, self._regs(th))
+                th.regs_dirty = False
+            else:
+                self._sync_regs(th)
             sig, th.signal = th.signal, 0
+            if not sig and th.queued:
+                sig = self._take_queued(th)
             ptrace.cont(th.tid, sig)
-            th.stop = _Stop.NONE
+            self._running(th)
+            if th.queued:
+                ptrace.interrupt(th.tid)  # stop again soon to deliver the next held signal
         except ProcessLookupError:
-            th.stop = _Stop.NONE  # killed meanwhile: its death will be reported
+            self._running(th)  # killed meanwhile: its death will be reported
+
+    def _take_queued(self, th: _Thread) -> int:
+        """Deliver a held signal with its original siginfo (needs a signal-delivery-stop)."""
+        if th.stop not in (_Stop.SIGNAL, _Stop.STEP, _Stop.BREAKPOINT):
+            self._internal_step(th)  # a SIGTRAP step stop is a signal-delivery-stop
+        info = th.queued.pop(0)
+        ptrace.setsiginfo(th.tid, info)
+        return info.si_signo
 
     def _listen(self, th: _Thread) -> None:
         try:
+            self._sync_regs(th)
             ptrace.listen(th.tid)
             th.listening = True
-            th.stop = _Stop.NONE
         except ProcessLookupError:
-            th.stop = _Stop.NONE
+            pass
+        self._running(th)
 
     # ------------------------------------------------------------------ breakpoints
     def add_breakpoint(
@@ -954,14 +1121,16 @@ class Tracee:
                 continue
             th.hold = False
             self._want_stopped = True
+            self._sync_regs(th)
             ptrace.cont(th.tid, th.signal)
             th.signal = 0
-            th.stop = _Stop.NONE
+            self._running(th)
             self._wait_until_all_stopped()
 
     def _detach_thread(self, th: _Thread, *, keep_signal: bool) -> None:
         sig = th.signal if keep_signal and th.stop is _Stop.SIGNAL else 0
         try:
+            self._sync_regs(th)
             ptrace.detach(th.tid, sig)
         except ProcessLookupError:
             pass

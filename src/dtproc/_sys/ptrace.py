@@ -152,6 +152,10 @@ def geteventmsg(tid: int) -> int:
     return msg.value
 
 
+def setsiginfo(tid: int, info: SigInfo) -> None:
+    _call(Request.SETSIGINFO, tid, 0, ctypes.addressof(info))
+
+
 def getsiginfo(tid: int) -> SigInfo:
     info = SigInfo()
     _call(Request.GETSIGINFO, tid, 0, ctypes.addressof(info))

@@ -1,0 +1,223 @@
+"""What is mapped in a process, and its symbols, named the way DTrace users name them.
+
+A module is one ELF object mapped in the address space: the main executable
+(``a.out``), each shared library (``libc.so.6``, by basename or full path), the
+dynamic linker and the vDSO. Files are opened through ``/proc/PID/map_files`` so
+that deleted files and other mount namespaces work; parsed files are shared
+through the ELF reader's cache, so a module map is cheap to rebuild after every
+dlopen.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from dtproc._sys import procfs
+from dtproc.elf import ElfFile, ElfSymbol, SymbolTable, SymbolType
+from dtproc.errors import DtprocError, ElfError
+
+MAIN_MODULE: Final = "a.out"
+VDSO: Final = "[vdso]"
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    """A symbol at its run-time address in one process."""
+
+    name: str
+    address: int
+    size: int
+    module: str
+    type: SymbolType
+    versioned_name: str
+
+    @property
+    def is_ifunc(self) -> bool:
+        return self.type is SymbolType.IFUNC
+
+    @property
+    def is_function(self) -> bool:
+        return self.type in (SymbolType.FUNC, SymbolType.IFUNC)
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """One mapped ELF object."""
+
+    name: str  # "a.out" for the executable, else the file's basename ("[vdso]" for the vDSO)
+    path: str  # the path /proc/PID/maps shows
+    start: int  # lowest mapped address
+    end: int  # end of the highest mapping
+    bias: int  # run-time address minus file vaddr
+    elf: ElfFile | None = field(compare=False, repr=False)
+    is_main: bool = False
+
+    @property
+    def basename(self) -> str:
+        return os.path.basename(self.path.removesuffix(" (deleted)"))
+
+    def matches(self, pattern: str) -> bool:
+        """DTrace's module names: ``a.out``, basename, full path, ``libc`` for libc.so.6; globs."""
+        names = [self.name, self.basename, self.path]
+        short = self.basename.split(".so", 1)[0]
+        if short != self.basename:
+            names.append(short)
+        if any(ch in pattern for ch in "*?["):
+            return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+        return pattern in names
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+    @property
+    def symbols(self) -> SymbolTable | None:
+        return self.elf.full_symbols() if self.elf is not None else None
+
+    def symbol(self, sym: ElfSymbol) -> Symbol:
+        return Symbol(
+            sym.name, sym.value + self.bias, sym.size, self.name, sym.type, sym.versioned_name
+        )
+
+
+ReadMemory = Callable[[int, int], bytes]
+
+
+class ModuleMap:
+    """An immutable snapshot of the modules of one process."""
+
+    def __init__(self, modules: Sequence[Module]) -> None:
+        self.modules: Final = tuple(modules)
+        ordered = sorted(self.modules, key=lambda m: m.start)
+        self._starts = [m.start for m in ordered]
+        self._ordered = ordered
+
+    @classmethod
+    def read(cls, pid: int, read_memory: ReadMemory) -> ModuleMap:
+        """Build the map from /proc/PID/maps; *read_memory* reads the vDSO image."""
+        return cls(_modules_of(pid, read_memory))
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    @property
+    def main(self) -> Module | None:
+        return next((m for m in self.modules if m.is_main), None)
+
+    def module_at(self, address: int) -> Module | None:
+        i = bisect.bisect_right(self._starts, address) - 1
+        if i >= 0 and self._ordered[i].contains(address):
+            return self._ordered[i]
+        return None
+
+    def named(self, pattern: str) -> list[Module]:
+        return [m for m in self.modules if m.matches(pattern)]
+
+    def lookup(self, module: str | None, name: str) -> Symbol | None:
+        """The symbol *name* in *module* (None: every module, in load order)."""
+        for mod in self.modules if module is None else self.named(module):
+            table = mod.symbols
+            if table is None:
+                continue
+            sym = table.lookup(name)
+            if sym is not None:
+                return mod.symbol(sym)
+        return None
+
+    def functions(self, module: Module, pattern: str) -> list[Symbol]:
+        """Functions of *module* matching a glob, one per address (aliases folded)."""
+        table = module.symbols
+        if table is None:
+            return []
+        seen: dict[int, ElfSymbol] = {}
+        for sym in table.glob(pattern, functions_only=True):
+            if sym.value and sym.value not in seen:
+                seen[sym.value] = sym
+        return [module.symbol(s) for s in seen.values()]
+
+    def symbolize(self, address: int) -> str:
+        """``libc.so.6`getppid+0x4``, ``a.out`main``, ``libc.so.6`0x1234``, or ``0x7f...``."""
+        mod = self.module_at(address)
+        if mod is None:
+            return f"0x{address:x}"
+        table = mod.symbols
+        found = table.at(address - mod.bias) if table is not None else None
+        if found is None:
+            return f"{mod.name}`0x{address - mod.bias:x}"
+        sym, off = found
+        return f"{mod.name}`{sym.name}+0x{off:x}" if off else f"{mod.name}`{sym.name}"
+
+    def resolve(self, address: int) -> tuple[Module, ElfSymbol | None, int] | None:
+        """(module, symbol or None, offset into the symbol or the module's file vaddr)."""
+        mod = self.module_at(address)
+        if mod is None:
+            return None
+        table = mod.symbols
+        found = table.at(address - mod.bias) if table is not None else None
+        if found is None:
+            return mod, None, address - mod.bias
+        return mod, found[0], found[1]
+
+
+def _modules_of(pid: int, read_memory: ReadMemory) -> list[Module]:
+    maps = procfs.read_maps(pid)
+    exe = procfs.exe_path(pid)
+    groups: dict[tuple[str, int, str], list[procfs.Mapping]] = {}
+    order: list[tuple[str, int, str]] = []
+    for m in maps:
+        if m.path == VDSO:
+            key = (m.dev, m.inode, m.path)
+        elif not m.path.startswith("/") or m.inode == 0:
+            continue
+        else:
+            key = (m.dev, m.inode, m.path)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(m)
+    modules = []
+    for key in order:
+        mod = _module(pid, groups[key], exe, read_memory)
+        if mod is not None:
+            modules.append(mod)
+    # Load order as DTrace searches it: the executable first, then by address.
+    modules.sort(key=lambda m: (not m.is_main, m.start))
+    return modules
+
+
+def _module(
+    pid: int, maps: list[procfs.Mapping], exe: str, read_memory: ReadMemory
+) -> Module | None:
+    first = maps[0]
+    start, end = first.start, max(m.end for m in maps)
+    if first.path == VDSO:
+        try:
+            elf = ElfFile.from_bytes(read_memory(first.start, first.end - first.start), VDSO)
+        except DtprocError:
+            return None
+        return Module(VDSO, VDSO, start, end, first.start - elf.min_vaddr, elf)
+    path = first.path.removesuffix(" (deleted)")
+    try:
+        elf = ElfFile.open(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
+    except ElfError:
+        try:
+            elf = ElfFile.open(path)
+        except ElfError:
+            return None
+    anchor = next((m for m in maps if m.offset == 0), None) or next(
+        (m for m in maps if m.executable), first
+    )
+    try:
+        bias = elf.load_bias(anchor.start, anchor.offset, anchor.perms)
+    except ElfError:
+        return None
+    is_main = path == exe.removesuffix(" (deleted)")
+    name = MAIN_MODULE if is_main else os.path.basename(path)
+    return Module(name, first.path, start, end, bias, elf, is_main)
