@@ -1,119 +1,164 @@
-"""Symbol-table cost: dtproc.elf against pyelftools, in milliseconds per full table.
+"""ELF reading cost: dtproc.elf against pyelftools, per whole symbol or relocation table.
 
-    PYTHONPATH=src python bench/bench_elf.py [--repeat N]
+    PYTHONPATH=src python bench/bench_elf.py [--quick] [--runs N]
 
-"cold" means no dtproc cache (ElfFile.clear_cache()): open, read headers, parse every
-symbol table.  The files themselves are in the page cache either way.  "cached" is the same
-request again (ElfFile.open hits its identity cache).  For pyelftools, "cold" is a fresh
-ELFFile iterating every symbol of .dynsym and .symtab, "again" a second pass over the same
-ELFFile (it keeps no parsed symbols, so that is the best it offers).  Timings are medians.
+"cold" means no dtproc cache (``ElfFile.clear_cache()`` before each run): open, read the
+headers, parse the table.  The files themselves are in the page cache either way.  "cached"
+is the same request again (``ElfFile.open`` hits its identity cache).  For pyelftools,
+"cold" is a fresh ``ELFFile`` walking every entry, "again" a second walk over the same
+``ELFFile`` (it keeps nothing parsed, so that is the best it offers).  pyelftools runs a
+quarter as often: it is slow.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import statistics
-import time
 from collections.abc import Callable
 
 from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
+from _harness import Options, Table, measure, options, report
 from dtproc.elf import ElfFile
 
 FILES = {
     "libc.so.6": "/lib/x86_64-linux-gnu/libc.so.6",
     "python3.11": "/usr/bin/python3.11",
+    "libstdc++.so.6": "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
 }
+QUERIES_PER_RUN = 100
 
 
-def _median_ms(
-    fn: Callable[[], object], repeat: int, setup: Callable[[], object] | None = None
-) -> float:
-    times = []
-    for _ in range(repeat):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _ours_cold(path: str) -> int:
+def ours_symbols(path: str) -> int:
     return len(ElfFile.open(path).symbols)
 
 
-def _ours_full_cold(path: str) -> int:
+def ours_full_symbols(path: str) -> int:
     return len(ElfFile.open(path).full_symbols())
 
 
-def _pyelftools_count(elf: ELFFile) -> int:
+def ours_first_queries(path: str) -> int:
+    """Cold table plus the first lookup and the first address query (builds both indexes)."""
+    elf = ElfFile.open(path)
+    elf.symbols.lookup("main")
+    elf.symbols.at(elf.entry)
+    return len(elf.symbols)
+
+
+def ours_relocations(path: str) -> int:
+    return len(ElfFile.open(path).relocations())
+
+
+def ours_relocation_objects(path: str) -> int:
+    return len(list(ElfFile.open(path).relocations()))
+
+
+def ours_plt(path: str) -> int:
+    return len(ElfFile.open(path).plt_entries())
+
+
+def pyelftools_symbols(elf: ELFFile) -> int:
     count = 0
     for section in elf.iter_sections():
         if isinstance(section, SymbolTableSection) and section["sh_type"] != "SHT_NOBITS":
-            for sym in section.iter_symbols():
-                count += bool(sym.name)
+            count += sum(bool(sym.name) for sym in section.iter_symbols())
     return count
 
 
-def _pyelftools_cold(path: str) -> int:
+def pyelftools_relocations(elf: ELFFile) -> int:
+    count = 0
+    for section in elf.iter_sections():
+        if isinstance(section, RelocationSection) and section["sh_flags"] & 2:
+            count += sum(1 for _ in section.iter_relocations())
+    return count
+
+
+def pyelftools_cold(walk: Callable[[ELFFile], int], path: str) -> int:
     with open(path, "rb") as f:
-        return _pyelftools_count(ELFFile(f))
+        return walk(ELFFile(f))
 
 
-def _ours_first_queries(path: str) -> int:
-    """Cold table plus the first lookup and the first address query (builds both indexes)."""
-    table = ElfFile.open(path).symbols
-    table.lookup("main")
-    table.at(ElfFile.open(path).entry)
-    return len(table)
+Method = tuple[str, Callable[[str], int], bool]  # column, function of the path, cold
 
 
-def _row(label: str, what: str, count: int | str, value: float, unit: str = "ms") -> None:
-    print(f"{label:<12} {what:<36} {count:>8} {value:>9.3f} {unit}")
+PYELFTOOLS = ["pyelftools cold", "pyelftools again"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20)
-    args = parser.parse_args()
-    n = args.repeat
-    slow = max(3, n // 4)
-    print(f"{'file':<12} {'what':<36} {'symbols':>8} {'time':>12}")
+def comparison(
+    title: str, what: str, methods: list[Method], walk: Callable[[ELFFile], int], opts: Options
+) -> Table:
+    """One row per file: our *methods*, then pyelftools *walk* cold and again."""
+    table = Table(
+        f"{title}, whole table (ratio to pyelftools cold)",
+        f"file ({what})",
+        [m[0] for m in methods] + PYELFTOOLS,
+        baseline=PYELFTOOLS[0],
+    )
+    slow = max(1, opts.runs // 4)
     for label, path in FILES.items():
-        rows: list[tuple[str, Callable[[str], int], Callable[[], object] | None, int]] = [
-            ("dtproc cold (open + .symbols)", _ours_cold, ElfFile.clear_cache, n),
-            ("dtproc cold + first lookup + at", _ours_first_queries, ElfFile.clear_cache, n),
-            ("dtproc cached (open + .symbols)", _ours_cold, None, n),
-            ("dtproc cold full_symbols (+debug)", _ours_full_cold, ElfFile.clear_cache, n),
-            ("pyelftools cold", _pyelftools_cold, None, slow),
-        ]
-        for what, fn, setup, repeat in rows:
-            count = fn(path)
-            _row(label, what, count, _median_ms(functools.partial(fn, path), repeat, setup))
+        row = f"{label} ({methods[0][1](path)})"
+        for column, fn, cold in methods:
+            setup = ElfFile.clear_cache if cold else None
+            table.add(row, column, measure(functools.partial(fn, path), opts.runs, setup=setup))
+        cold_walk = functools.partial(pyelftools_cold, walk, path)
+        table.add(row, PYELFTOOLS[0], measure(cold_walk, slow, warmup=1))
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            count = _pyelftools_count(elf)
-            ms = _median_ms(functools.partial(_pyelftools_count, elf), slow)
-            _row(label, "pyelftools again (same ELFFile)", count, ms)
+            again = functools.partial(walk, ELFFile(f))
+            table.add(row, PYELFTOOLS[1], measure(again, slow, warmup=1))
+    return table
+
+
+SYMBOL_METHODS: list[Method] = [
+    ("dtproc cold", ours_symbols, True),
+    ("dtproc cold + lookup + at", ours_first_queries, True),
+    ("dtproc cached", ours_symbols, False),
+    ("dtproc cold full_symbols", ours_full_symbols, True),
+]
+RELOCATION_METHODS: list[Method] = [
+    ("dtproc cold", ours_relocations, True),
+    ("dtproc cold, every object", ours_relocation_objects, True),
+    ("dtproc cold plt_entries", ours_plt, True),
+]
+
+
+def query_table(opts: Options) -> Table:
     libc = ElfFile.open(FILES["libc.so.6"]).full_symbols()
     malloc = libc.lookup("malloc")
     assert malloc is not None
-    queries = {
+    queries: dict[str, Callable[[], object]] = {
         "lookup('malloc')": lambda: libc.lookup("malloc"),
         "at(malloc + 10)": lambda: libc.at(malloc.value + 10),
-        "glob('str*') (list)": lambda: list(libc.glob("str*")),
+        "glob('str*'), listed": lambda: list(libc.glob("str*")),
     }
-    for what, query in queries.items():
-        ms = _median_ms(functools.partial(_hundred, query), 9)
-        _row("libc full", what, "", ms * 10, "us")
+    table = Table("Queries on libc's full symbol table, per query", "query", ["dtproc"])
+    for name, query in queries.items():
+        stats = measure(functools.partial(_repeat, query), opts.runs)
+        table.add(name, "dtproc", stats.scaled(QUERIES_PER_RUN))
+    return table
 
 
-def _hundred(query: Callable[[], object]) -> None:
-    for _ in range(100):
+def _repeat(query: Callable[[], object]) -> None:
+    for _ in range(QUERIES_PER_RUN):
         query()
+
+
+def main() -> None:
+    opts, _ = options(__doc__.splitlines()[0], runs=20)
+    tables = [
+        comparison(
+            "Symbol tables (.dynsym + .symtab)", "symbols", SYMBOL_METHODS, pyelftools_symbols, opts
+        ),
+        comparison(
+            "Dynamic relocations (RELR not counted)",
+            "relocations",
+            RELOCATION_METHODS,
+            pyelftools_relocations,
+            opts,
+        ),
+        query_table(opts),
+    ]
+    report("elf", opts, tables)
 
 
 if __name__ == "__main__":

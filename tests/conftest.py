@@ -69,7 +69,9 @@ class Reaper:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.pids: list[int] = []
 
-    def spawn(self, argv: Sequence[str | os.PathLike[str]], **kw: object) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: Sequence[str | os.PathLike[str]], **kw: object
+    ) -> subprocess.Popen[bytes]:
         p = subprocess.Popen([str(a) for a in argv], **kw)  # type: ignore[call-overload]
         self.procs.append(p)
         return p

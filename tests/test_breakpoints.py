@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import Builder, Reaper
-from test_tracee import wait_for
 from dtproc import Tracee
 from dtproc._xol import EmulatePlan, SlotPlan, StepOverPlan
 from dtproc.breakpoints import BreakpointAction
 from dtproc.events import BreakpointHit, Exited, SignalReceived
 from dtproc.rendezvous import run_to
+from test_tracee import wait_for
 
 STRESS = os.environ.get("DTPROC_STRESS") == "1"
 WORK_FUNCTIONS = ("work", "work_push", "work_rip", "work_branch")
@@ -63,7 +63,9 @@ def out() -> Iterator[tempfile._TemporaryFileWrapper[bytes]]:
         yield f
 
 
-def test_each_displacement_plan_is_used(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_each_displacement_plan_is_used(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     t = run_to_main([bpwork, "threads", "1", "10"], stdout=out)
     plans = {}
     for name in WORK_FUNCTIONS:
@@ -94,7 +96,9 @@ def test_threads_every_hit_counted(
     assert out.read() == plain_output(argv)
 
 
-def test_stress_800k_hits_one_function(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_stress_800k_hits_one_function(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     """The issue's case: 8 threads x 100,000 calls of one probed function (DTPROC_STRESS=1)."""
     calls = 100_000 if STRESS else 10_000
     argv: list[str | Path] = [bpwork, "threads", "8", str(calls)]
@@ -108,7 +112,9 @@ def test_stress_800k_hits_one_function(bpwork: Path, out: tempfile._TemporaryFil
     assert out.read() == plain_output(argv)
 
 
-def test_callback_sees_the_thread_stopped_at_the_site(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_callback_sees_the_thread_stopped_at_the_site(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     t = run_to_main([bpwork, "threads", "2", "3"], stdout=out)
     sym = t.lookup("a.out", "work")
     assert sym is not None
@@ -159,7 +165,9 @@ def test_breakpoint_without_callback_stops_the_thread(bpwork: Path) -> None:
         os.close(ro)
 
 
-def test_callback_may_stop_the_thread(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_callback_may_stop_the_thread(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     t = run_to_main([bpwork, "threads", "1", "3"], stdout=out)
     sym = t.lookup("a.out", "work_push")
     assert sym is not None
@@ -174,7 +182,9 @@ def test_callback_may_stop_the_thread(bpwork: Path, out: tempfile._TemporaryFile
     assert stops == 3
 
 
-def test_program_sigtrap_reaches_the_program(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_program_sigtrap_reaches_the_program(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     t = run_to_main([bpwork, "trap"], stdout=out)
     sym = t.lookup("a.out", "work")
     assert sym is not None
@@ -185,7 +195,9 @@ def test_program_sigtrap_reaches_the_program(bpwork: Path, out: tempfile._Tempor
     assert out.read() == plain_output([bpwork, "trap"]) == b"trapped\ntrapped\nwork 5\n"
 
 
-def test_fork_vfork_exec_children_unharmed(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_fork_vfork_exec_children_unharmed(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     argv: list[str | Path] = [bpwork, "fork", "10", "then-exec"]
     t = run_to_main(argv, stdout=out)
     sym = t.lookup("a.out", "work")
@@ -221,14 +233,18 @@ def test_libc_breakpoint(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes
     assert out.read() == b"getppid 1000\n"
 
 
-def test_reads_show_original_bytes_and_release_leaves_text_intact(bpwork: Path, reaper: Reaper) -> None:
+def test_reads_show_original_bytes_and_release_leaves_text_intact(
+    bpwork: Path, reaper: Reaper
+) -> None:
     p = reaper.spawn([bpwork, "threads", "4", "50000000"], stdout=subprocess.DEVNULL)
     assert wait_for(lambda: len(os.listdir(f"/proc/{p.pid}/task")) == 5)
     t = Tracee.grab(p.pid)
     main = t.modules.main
     assert main is not None
     before = t.read_raw(main.start, 0x4000)
-    bps = [t.add_breakpoint(t.lookup("a.out", n).address, lambda tr, tid: None) for n in WORK_FUNCTIONS]  # type: ignore[union-attr]
+    bps = [
+        t.add_breakpoint(t.lookup("a.out", n).address, lambda tr, tid: None) for n in WORK_FUNCTIONS
+    ]  # type: ignore[union-attr]
     sym = t.lookup("a.out", "work")
     assert sym is not None
     assert t.read_raw(sym.address, 1) == b"\xcc"
@@ -244,7 +260,9 @@ def test_reads_show_original_bytes_and_release_leaves_text_intact(bpwork: Path, 
     assert p.wait(10) == -signal.SIGTERM
 
 
-def test_step_over_fallback_is_correct(bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+def test_step_over_fallback_is_correct(
+    bpwork: Path, out: tempfile._TemporaryFileWrapper[bytes]
+) -> None:
     """Force the all-stop step-over on a multi-threaded target: still exact."""
     argv: list[str | Path] = [bpwork, "threads", "4", "2000"]
     t = run_to_main(argv, stdout=out)

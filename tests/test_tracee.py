@@ -192,7 +192,7 @@ def test_create_stops_at_exec_then_runs(corpus: Path, reaper: Reaper) -> None:
 
 def test_create_exact_environment_and_cwd(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "ONLY": "this"}
-    rc, out, _ = run_traced(["env"], b"")
+    rc, _, _ = run_traced(["env"], b"")
     assert rc == 0
     with tempfile.TemporaryFile() as f:
         t = Tracee.create(["env"], env=env, cwd=tmp_path, stdout=f)
@@ -349,7 +349,9 @@ def test_grab_multithreaded_stops_every_thread(sleeper: Path, reaper: Reaper) ->
             assert state_of(tid) == "t"
             assert t.registers(tid).rip
         assert tracer_of(p.pid) == os.getpid()
-        assert t.identity.start_time == int(open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        assert t.identity.start_time == int(
+            open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        )
     assert tracer_of(p.pid) == 0
     assert wait_for(lambda: state_of(p.pid) == "S")
     assert p.poll() is None

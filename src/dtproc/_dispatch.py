@@ -13,7 +13,6 @@ pending status, waits fall back to polling our own tids.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -120,7 +119,7 @@ class ThreadContext:
     def _route(self, tid: int, owner: Owner, deadline: float | None) -> tuple[int, int] | None:
         holder = self._owners.get(tid)
         if holder is None:
-            if procfs_tracer(tid) != os.getpid():
+            if procfs_tracer(tid) != self.native_id:  # TracerPid names the tracer thread
                 return self._poll_own(owner, deadline)
             orphan_status = _consume(tid)
             if orphan_status is not None:

@@ -1,4 +1,5 @@
-"""Layer 2: dtproc's own ELF64 reader (headers, symbols, notes, build-id, debug files).
+"""Layer 2: dtproc's own ELF64 reader (headers, symbols, notes, build-id, debug files,
+dynamic relocations and PLT stubs).
 
 Tracing needs symbols of dozens of libraries at once, and a Python ELF library that builds an
 object per field takes 50-450 ms per symbol table.  This reader instead bulk-unpacks whole

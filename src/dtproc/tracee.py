@@ -16,6 +16,7 @@ before.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
@@ -25,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, final
@@ -156,6 +158,9 @@ class Tracee:
         self._space: AddressSpace | None = None
         self._modules: ModuleMap | None = None
         self._syscall_at = 0
+        # Held while a wait status is processed (never while blocked waiting for one):
+        # the control layer puts its handle lock here so clients see consistent state.
+        self.status_lock: AbstractContextManager[object] = contextlib.nullcontext()
         self._open_memory()
 
     # ------------------------------------------------------------------ construction
@@ -321,8 +326,8 @@ class Tracee:
             self._mem_fd = os.open(f"/proc/{self.pid}/mem", flags | os.O_CLOEXEC)
         except PermissionError:
             raise _permission_error(self.pid) from None
-        except FileNotFoundError:
-            raise NoSuchProcess(self.pid) from None
+        except OSError:
+            raise NoSuchProcess(self.pid, f"pid {self.pid} has exited") from None
 
     def read(self, address: int, size: int) -> bytes:
         """Read *size* bytes; our breakpoints are invisible (original bytes are shown)."""
@@ -338,12 +343,22 @@ class Tracee:
         try:
             data = os.pread(self._mem_fd, size, address)
         except OSError as exc:
-            raise BadAddress(self.pid, address, size, _mem_reason(exc)) from None
+            raise self._memory_error(address, size, _mem_reason(exc)) from None
         except OverflowError:
             raise BadAddress(self.pid, address, size, "address out of range") from None
         if len(data) < size:
-            raise BadAddress(self.pid, address + len(data), size - len(data))
+            raise self._memory_error(address + len(data), size - len(data), "address not mapped")
         return data
+
+    def _memory_error(self, address: int, size: int, reason: str) -> DtprocError:
+        """A failed access: the address, or the whole process, is gone."""
+        try:
+            state = procfs.read_stat(self.pid).state
+        except OSError:
+            state = "X"
+        if state in ("Z", "X") or not os.path.exists(f"/proc/{self.pid}/exe"):
+            return NoSuchProcess(self.pid, f"pid {self.pid} has exited")
+        return BadAddress(self.pid, address, size, reason)
 
     def read_partial(self, address: int, size: int) -> bytes:
         """Read up to *size* bytes, stopping quietly at the first unreadable byte."""
@@ -364,9 +379,9 @@ class Tracee:
         try:
             n = os.pwrite(self._mem_fd, data, address)
         except OSError as exc:
-            raise BadAddress(self.pid, address, len(data), _mem_reason(exc)) from None
+            raise self._memory_error(address, len(data), _mem_reason(exc)) from None
         if n < len(data):
-            raise BadAddress(self.pid, address + n, len(data) - n)
+            raise self._memory_error(address + n, len(data) - n, "address not mapped")
 
     def read_cstring(self, address: int, max_length: int = 4096) -> bytes:
         """Read a NUL-terminated string (without the NUL), page by page, up to *max_length*."""
@@ -655,7 +670,8 @@ class Tracee:
             got = self._next_status(deadline)
             if got is None:
                 return self._events.popleft() if self._events else None
-            self._on_status(*got)
+            with self.status_lock:
+                self._on_status(*got)
         return self._events.popleft()
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
@@ -1143,6 +1159,7 @@ class Tracee:
                 self._ctx.unregister(tid)
         self._threads.clear()
         self._escorts.clear()
+        self._modules = None
         if self._mem_fd >= 0:
             os.close(self._mem_fd)
             self._mem_fd = -1
@@ -1320,7 +1337,7 @@ def _check_grabbable(pid: int, readonly: bool) -> None:
     if readonly:
         return
     if procfs_tracer := procfs.tracer_pid(pid):
-        if procfs_tracer == os.getpid():
+        if os.path.exists(f"/proc/self/task/{procfs_tracer}"):  # a thread of ours traces it
             raise AccessDenied(
                 pid, f"failed to grab pid {pid}: dtproc already traces it (release it first)"
             )
