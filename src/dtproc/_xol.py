@@ -54,9 +54,17 @@ class EmulatePlan:
         self._apply = emulated.apply
         self._write = tracee.write_raw
         self._read = tracee.read
+        self._fallback = StepOverPlan(tracee, emulated.address)
 
     def prepare(self, tid: int, regs: UserRegs) -> None:
-        self._apply(regs, self._write, self._read)
+        try:
+            self._apply(regs, self._write, self._read)
+        except DtprocError:
+            # A push onto a stack page the kernel has not mapped yet: /proc/PID/mem
+            # writes do not grow stacks, the CPU does. apply() left the registers
+            # untouched, so let the CPU run the instruction itself this once.
+            self._fallback.prepare(tid, regs)
+            return
         ptrace.setregs(tid, regs)
 
     def step(self, tid: int, regs: UserRegs) -> None:
@@ -118,7 +126,7 @@ class Scratch:
         try:
             slot = self._slot(displaced)
         except DtprocError:
-            return StepOverPlan(self._tracee, address)
+            return StepOverPlan(self._tracee, address)  # no scratch page within reach
         self._tracee.write_raw(slot, displaced.slot_bytes(slot))
         return SlotPlan(self._tracee, address, displaced.length, slot)
 
@@ -126,7 +134,8 @@ class Scratch:
     def _slot(self, displaced: insn.OutOfLine) -> int:
         window = displaced.slot_window
         for page in self._pages:
-            if self._used[page] < _SLOTS_PER_PAGE and _page_fits(page, window):
+            n = self._used[page]
+            if n < _SLOTS_PER_PAGE and displaced.fits(page + n * insn.SLOT_SIZE):
                 return self._take(page)
         page = self._map_page(displaced.address, window)
         bisect.insort(self._pages, page)

@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, TypeVar, final
+from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from dtproc._sys import procfs
 from dtproc._sys.regs import UserRegs
@@ -59,6 +59,9 @@ from dtproc.rendezvous import Arrival, Rendezvous, StopPoint, describe_end
 from dtproc.rtld import ModulesChanged, RtldAgent
 from dtproc.tracee import Tracee
 from dtproc.types import ProcessIdentity, ProcessState, ReleaseMode
+
+if TYPE_CHECKING:
+    from dtproc.ustack import UserStack
 
 T = TypeVar("T")
 
@@ -137,6 +140,7 @@ class Process:
         self._end: Event | None = None
         self._lost: str | None = None
         self._subscribers: list[Callable[[ModulesChanged], None]] = []
+        self._exec_subscribers: list[Callable[[Exec], None]] = []
         self._rtld: RtldAgent | None = None
 
     # ------------------------------------------------------------------ state
@@ -271,6 +275,10 @@ class Process:
     def registers(self, tid: int | None = None) -> UserRegs:
         return self.call(lambda t: t.registers(tid))
 
+    def ustack(self, tid: int | None = None, max_frames: int = 100) -> UserStack:
+        """The user stack of a stopped thread, unwound by the control thread."""
+        return self.call(lambda t: t.ustack(tid, max_frames))
+
     def add_breakpoint(self, address: int, callback: BreakpointCallback | None) -> Breakpoint:
         """A breakpoint whose callback runs in the control thread at each hit."""
         return self.call(lambda t: t.add_breakpoint(address, callback))
@@ -284,6 +292,10 @@ class Process:
     def subscribe_modules(self, subscriber: Callable[[ModulesChanged], None]) -> None:
         """Be told (in the control thread) of each library load and unload."""
         self._subscribers.append(subscriber)
+
+    def subscribe_exec(self, subscriber: Callable[[Exec], None]) -> None:
+        """Be told (in the control thread, the new program not yet running) of each exec."""
+        self._exec_subscribers.append(subscriber)
 
     # ------------------------------------------------------------------ release
     def release(self) -> None:
@@ -344,6 +356,7 @@ class Process:
         self._pid = tracee.pid
         self._tracee = tracee
         self.identity = tracee.identity
+        tracee.stop_on_exec = True  # probes and the rtld agent are set up again before it runs
         self._rtld = RtldAgent(tracee)
         with self._lock:
             self._rtld.attach()
@@ -400,7 +413,9 @@ class Process:
                 continue
             with self._lock:
                 self._on_event(event)
-            if (self._end is not None or self._lost is not None) and not idle:
+                if isinstance(event, Exec) and self._lost is None and not idle:
+                    t.resume()
+            if self._end is not None or self._lost is not None:
                 self._tracer._notify(self, self._notification())
                 self._wait_for_quit()
                 return
@@ -438,6 +453,8 @@ class Process:
             assert self._rtld is not None
             self._rtld.reset()
             self._rtld.attach()
+            for sub in list(self._exec_subscribers):
+                sub(event)
 
     def _lose(self, reason: str) -> None:
         """Let go of a process we can no longer observe faithfully, and say why."""
@@ -527,6 +544,7 @@ class Tracer:
         self.target: int | None = None
         self._notes: deque[Notification] = deque()
         self._notes_cv = threading.Condition()
+        self._woken = False
         self._handlers: list[NotificationHandler] = []
         self._closed = False
         _live_tracers.add(self)
@@ -685,17 +703,24 @@ class Tracer:
         """Wait up to *timeout* for notifications; run the handlers on each; return them."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._notes_cv:
-            while not self._notes:
+            while not self._notes and not self._woken:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
                 self._notes_cv.wait(remaining)
+            self._woken = False
             notes = list(self._notes)
             self._notes.clear()
         for note in notes:
             for handler in list(self._handlers):
                 handler(note)
         return notes
+
+    def interrupt_sleep(self) -> None:
+        """Make a :meth:`sleep` in progress return now (any thread; signal handlers too)."""
+        with self._notes_cv:
+            self._woken = True
+            self._notes_cv.notify_all()
 
     def notifications(self, timeout: float | None = None) -> Iterator[Notification]:
         """Notifications as they come, until a *timeout* passes with none."""

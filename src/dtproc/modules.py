@@ -150,9 +150,13 @@ class ModuleMap:
         table = mod.symbols
         found = table.at(address - mod.bias) if table is not None else None
         if found is None:
-            return f"{mod.name}`0x{address - mod.bias:x}"
-        sym, off = found
-        return f"{mod.name}`{sym.name}+0x{off:x}" if off else f"{mod.name}`{sym.name}"
+            plt = mod.elf.plt_entry_at(address - mod.bias) if mod.elf is not None else None
+            if plt is None:
+                return f"{mod.name}`0x{address - mod.bias:x}"
+            name, off = plt
+        else:
+            name, off = found[0].name, found[1]
+        return f"{mod.name}`{name}+0x{off:x}" if off else f"{mod.name}`{name}"
 
     def resolve(self, address: int) -> tuple[Module, ElfSymbol | None, int] | None:
         """(module, symbol or None, offset into the symbol or the module's file vaddr)."""

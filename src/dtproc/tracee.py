@@ -65,6 +65,7 @@ from dtproc.types import ProcessIdentity, ProcessState, ReleaseMode
 
 if TYPE_CHECKING:
     from dtproc.breakpoints import AddressSpace, Breakpoint, BreakpointCallback
+    from dtproc.ustack import UserStack
 
 _BASE_OPTIONS: Final = (
     Options.TRACECLONE
@@ -102,6 +103,7 @@ class _Thread:
     internal: bool = False  # stepped or injected into by us: signals that arrive wait in queued
     regs: UserRegs | None = None  # the registers as they are (rip rewound at a breakpoint)
     regs_dirty: bool = False  # regs differ from what the kernel holds
+    new: bool = False  # created by the program; its first stop is still to come
     queued: list[ptrace.SigInfo] = field(default_factory=list)
 
     @property
@@ -161,6 +163,8 @@ class Tracee:
         # Held while a wait status is processed (never while blocked waiting for one):
         # the control layer puts its handle lock here so clients see consistent state.
         self.status_lock: AbstractContextManager[object] = contextlib.nullcontext()
+        # Called with (tracee, tid) for each new thread, stopped before its first instruction.
+        self.new_thread_hooks: list[Callable[[Tracee, int], object]] = []
         self._open_memory()
 
     # ------------------------------------------------------------------ construction
@@ -432,6 +436,13 @@ class Tracee:
         if self.modules.module_at(address) is None:
             self.refresh_modules()
         return self.modules.symbolize(address)
+
+    def ustack(self, tid: int | None = None, max_frames: int = 100) -> UserStack:
+        """The user stack of a stopped thread (captured now, symbolized lazily)."""
+        from dtproc.ustack import capture
+
+        th = self._stopped_thread(tid, "unwind the stack")
+        return capture(self, th.tid, self._regs(th), max_frames)
 
     # ------------------------------------------------------------------ registers
     def registers(self, tid: int | None = None) -> UserRegs:
@@ -709,7 +720,7 @@ class Tracee:
             self._on_death(tid, status)
             return
         if th is None:
-            th = self._threads[tid] = _Thread(tid)  # a new thread that beat its clone event
+            th = self._threads[tid] = _Thread(tid, new=True)  # it beat its clone event
         sig = os.WSTOPSIG(status)
         event = status >> 16
         th.stop = _Stop.EVENT
@@ -823,6 +834,10 @@ class Tracee:
         if was_listening:
             self._end_group_stop()
         th.stop = _Stop.INTERRUPT
+        if th.new:
+            th.new = False
+            for hook in list(self.new_thread_hooks):
+                hook(self, th.tid)  # before the thread runs its first instruction
         if self._want_stopped or th.hold:
             return
         self._resume_thread(th)
@@ -879,7 +894,7 @@ class Tracee:
             self._adopt_escort(child, _Escort.SHARED)
             return
         if child not in self._threads:
-            self._threads[child] = _Thread(child)
+            self._threads[child] = _Thread(child, new=True)
         self._ctx.register(child, self)
         self._events.append(ThreadCreated(self.pid, child, th.tid))
 
@@ -1163,10 +1178,7 @@ class Tracee:
         if self._mem_fd >= 0:
             os.close(self._mem_fd)
             self._mem_fd = -1
-        if self._state is not ProcessState.UNDEAD:
-            self._state = ProcessState.DEAD
-        else:
-            self._state = ProcessState.DEAD
+        self._state = ProcessState.DEAD
 
     @property
     def end(self) -> Event | None:

@@ -1,0 +1,3 @@
+from dtproc.cli import entry
+
+entry()

@@ -1,0 +1,402 @@
+"""Compiling a D program: the entry point, options, and what each clause needs.
+
+:func:`compile_program` parses, checks and compiles a program once; the
+result is immutable and can drive several runtimes. Each :class:`Clause`
+carries its probe descriptions (after macro expansion), its compiled
+predicate and body, and :class:`ClauseNeeds`: which arguments and builtins it
+reads, whether it keeps per-thread or global state, reads target memory,
+takes stacks, produces output per hit or is a *pure count* (only ``count()``
+aggregations keyed by probe constants), so the probe layer can pick the
+cheapest way to catch its hits: a pure-count clause needs no per-hit samples
+at all, only a hit counter per probe (see :meth:`Runtime.add_counts`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from dtproc.d import ast, ir
+from dtproc.d.checker import (
+    PROBE_CONSTANT_BUILTINS,
+    PURE_SUBROUTINES,
+    CheckedClause,
+    Checker,
+    Variable,
+)
+from dtproc.d.compiler import Compiler, Ev, KeyFn, Run, State, zero_of
+from dtproc.d.errors import DCompileError, Pos
+from dtproc.d.parser import parse
+from dtproc.d.probedesc import BadProbeDescription, ProbeDescription
+from dtproc.d.values import BEGIN_PROBE, END_PROBE, ERROR_PROBE, ProbeInfo
+
+# Every option name dtrace accepts; values are kept as given.
+KNOWN_OPTIONS = frozenset(
+    """aggpercpu amin argref core cpp cpphdrs cpppath ctypes defaultargs dtypes debug
+    define droptags empty encoding errtags evaltime incdir iregs kdefs knodefs late
+    lazyload ldpath libdir linkmode linktype nolibs pgmax pspec setenv stdc strip
+    syslibdir tree tregs udefs undef unodefs unsetenv verbose version zdefs aggsize
+    bufsize bufpolicy bufresize cleanrate cpu destructive dynvarsize grabanon
+    jstackframes jstackstrsize nspec specsize stackframes statusrate strsize
+    ustackframes temporal agghist aggpack aggrate aggsortkey aggsortkeypos aggsortpos
+    aggsortrev aggzoom flowindent quiet rawbytes stackindent switchrate""".split()
+)
+
+_INT_OPTIONS = {"strsize": 256, "ustackframes": 100, "stackindent": 14, "aggsortkeypos": 0}
+_SIZE_OPTIONS = frozenset("aggsize bufsize dynvarsize specsize strsize jstackstrsize".split())
+_COUNT_OPTIONS = frozenset(
+    """cpu nspec stackframes ustackframes jstackframes aggsortkeypos aggsortpos
+    stackindent""".split()
+)
+_RATE_OPTIONS = frozenset("aggrate cleanrate statusrate switchrate".split())
+_SIZE_RE = re.compile(r"(\d+)([kKmMgGtT]?)")
+_RATE_RE = re.compile(r"(\d+)(ns|nsec|us|usec|ms|msec|s|sec|m|min|h|hour|d|day|hz)?")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Program options from ``#pragma D option`` lines and the command line."""
+
+    values: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def is_set(self, name: str) -> bool:
+        return name in self.values
+
+    def integer(self, name: str) -> int:
+        """An integer option's value (or dtrace's default for it)."""
+        raw = self.values.get(name)
+        if raw is None:
+            return _INT_OPTIONS[name]
+        return _parse_size(raw)
+
+    @property
+    def quiet(self) -> bool:
+        return self.is_set("quiet")
+
+    @property
+    def strsize(self) -> int:
+        return self.integer("strsize")
+
+    @property
+    def ustackframes(self) -> int:
+        return self.integer("ustackframes")
+
+    @property
+    def stackindent(self) -> int:
+        return self.integer("stackindent")
+
+
+def _parse_size(raw: str) -> int:
+    m = _SIZE_RE.fullmatch(raw)
+    if m is None:
+        raise ValueError(raw)
+    shift = " kmgt".index(m.group(2).lower() or " ") * 10
+    return int(m.group(1)) << shift
+
+
+def _valid_value(name: str, value: str | None) -> bool:
+    """Whether *value* suits option *name* (sizes, counts and rates are checked)."""
+    if name in _SIZE_OPTIONS:
+        m = _SIZE_RE.fullmatch(value or "")
+        return m is not None and 2 <= _parse_size(value or "") < 1 << 63
+    if name in _COUNT_OPTIONS:
+        return value is not None and value.isdigit() and int(value) < 1 << 31
+    if name in _RATE_OPTIONS:
+        m = _RATE_RE.fullmatch(value or "")
+        return m is not None and int(m.group(1)) < 1 << 63
+    return True
+
+
+def _set_option(values: dict[str, str], name: str, value: str | None) -> str | None:
+    """Set one option; returns dtrace's complaint, or None if it was accepted."""
+    if name not in KNOWN_OPTIONS:
+        return "Invalid option name"
+    if not _valid_value(name, value):
+        return "Invalid value for specified option"
+    values[name] = "" if value is None else value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClauseNeeds:
+    """What a clause reads from each probe hit, for choosing a probe backend."""
+
+    args: frozenset[int]  # argN read
+    pid: bool
+    tid: bool  # also true when thread-local (self->) variables are used
+    ppid: bool
+    uid: bool
+    gid: bool
+    cpu: bool
+    execname: bool
+    timestamp: bool  # timestamp or vtimestamp
+    walltimestamp: bool
+    thread_locals: bool  # self->
+    clause_locals: bool  # this->
+    globals: bool  # global scalars or associative arrays
+    memory: bool  # copyin, copyinstr, stringof/tracemem of an address
+    ustack_depth: int  # deepest stack taken (ustack(), ucaller); 0 = none
+    output: bool  # may print or record something per hit
+    exit: bool  # may call exit()
+    pure_count: bool  # only count() keyed by probe constants; see Runtime.add_counts
+
+    @property
+    def ustack(self) -> bool:
+        return self.ustack_depth > 0
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One compiled clause."""
+
+    index: int
+    descriptions: tuple[ProbeDescription, ...]
+    predicate: Ev | None
+    body: Run
+    needs: ClauseNeeds
+    records: bool  # statements may produce records for the output
+    no_actions: bool  # empty body: dtrace traces its default record
+    pos: Pos
+
+    def matches(self, probe: ProbeInfo) -> bool:
+        return any(d.matches_probe(probe) for d in self.descriptions)
+
+    @property
+    def is_begin(self) -> bool:
+        return self.matches(BEGIN_PROBE)
+
+    @property
+    def is_end(self) -> bool:
+        return self.matches(END_PROBE)
+
+    @property
+    def is_error(self) -> bool:
+        return self.matches(ERROR_PROBE)
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled D program: clauses in order, options, aggregations, storage sizes."""
+
+    source: str
+    clauses: tuple[Clause, ...]
+    options: Options
+    aggregations: tuple[ir.AggDef, ...]
+    global_defaults: tuple[object, ...]
+    n_global_arrays: int
+    this_defaults: tuple[object, ...]
+    counters: Mapping[int, tuple[tuple[int, KeyFn], ...]]
+
+    @property
+    def has_begin(self) -> bool:
+        return any(c.is_begin for c in self.clauses)
+
+    @property
+    def has_end(self) -> bool:
+        return any(c.is_end for c in self.clauses)
+
+    @property
+    def has_error(self) -> bool:
+        return any(c.is_error for c in self.clauses)
+
+    def new_state(self) -> State:
+        from dtproc.d.aggregations import AggData
+
+        return State(
+            globals_=self.global_defaults,
+            n_arrays=self.n_global_arrays,
+            this_defaults=list(self.this_defaults),
+            aggs=[AggData(d) for d in self.aggregations],
+            strsize=self.options.strsize,
+        )
+
+
+def compile_program(
+    text: str,
+    *,
+    macros: Mapping[str, str | int] | None = None,
+    options: Mapping[str, str | None] | None = None,
+) -> Program:
+    """Parse, check and compile a D program.
+
+    *macros* maps macro names to values: ``{"target": 1234, "1": "foo"}``
+    provides ``$target`` and ``$1``; ``$pid``, ``$uid`` and the like describe
+    the tracer unless given. *options* are ``-x``-style options applied
+    before the program's own ``#pragma D option`` lines (``{"quiet": None}``).
+    Raises :class:`~dtproc.d.errors.DCompileError`.
+    """
+    macros = {**_tracer_macros(), **(macros or {})}
+    tree = parse(text, macros)
+    opts = _options(text, tree, options or {})
+    checker = Checker(
+        text,
+        strsize=opts.strsize,
+        ustackframes=opts.ustackframes,
+        target_defined="target" in macros,
+    )
+    checked = checker.check(tree)
+    compiler = Compiler(opts.strsize)
+    clauses: list[Clause] = []
+    counters: dict[int, tuple[tuple[int, KeyFn], ...]] = {}
+    items = [i for i in tree.items if isinstance(i, ast.Clause)]
+    for index, (item, cc) in enumerate(zip(items, checked.clauses, strict=True)):
+        clause = _build_clause(index, item, cc, compiler, text)
+        clauses.append(clause)
+        if clause.needs.pure_count:
+            counters[index] = tuple(
+                (st.agg.slot, compiler.key(st.keys))
+                for st in cc.body
+                if isinstance(st, ir.AggUpdate)
+            )
+    return Program(
+        source=text,
+        clauses=tuple(clauses),
+        options=opts,
+        aggregations=checked.aggs,
+        global_defaults=_defaults(checker.t.globals.values(), checked.n_global_scalars),
+        n_global_arrays=checked.n_global_arrays,
+        this_defaults=_defaults(checker.t.this_vars.values(), checked.n_this),
+        counters=MappingProxyType(counters),
+    )
+
+
+def _tracer_macros() -> dict[str, str | int]:
+    """dtrace's macro variables that describe the tracer itself ($pid, $uid...)."""
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "euid": os.geteuid(),
+        "egid": os.getegid(),
+        "pgid": os.getpgrp(),
+        "sid": os.getsid(0),
+    }
+
+
+def _defaults(variables: Iterable[Variable], n: int) -> tuple[object, ...]:
+    """Initial values of *n* scalar slots: 0, or "" for strings."""
+    values: list[object] = [0] * n
+    for var in variables:
+        if not var.is_array and var.type is not None:
+            values[var.slot] = zero_of(var.type)
+    return tuple(values)
+
+
+def _options(text: str, tree: ast.ProgramAst, given: Mapping[str, str | None]) -> Options:
+    values: dict[str, str] = {}
+    for name, value in given.items():
+        problem = _set_option(values, name, value)
+        if problem is not None:
+            shown = f"'{name}'" if value is None else f"'{name}' to '{value}'"
+            raise DCompileError(f"failed to set option {shown}: {problem}")
+    for pragma in tree.pragmas:
+        _apply_pragma(text, values, pragma)
+    return Options(MappingProxyType(values))
+
+
+def _apply_pragma(text: str, values: dict[str, str], pragma: ast.Pragma) -> None:
+    words = pragma.words
+    directive = words[0] if words else ""
+    if directive in ("ident", "line") or (directive == "pragma" and words[1:2] != ("D",)):
+        return  # #ident, #line and other compilers' pragmas: ignored, as dtrace does
+    if directive != "pragma":
+        raise DCompileError(f"invalid control directive: #{directive}", pragma.pos, text)
+    if words[2:3] == ("error",):
+        message = "".join(w + " " for w in words[3:])
+        raise DCompileError(f"#error: {message}", pragma.pos, text)
+    if words[2:3] != ("option",):
+        if words[2:3] in (("attributes",), ("binding",), ("depends_on",)):
+            return
+        raise DCompileError(
+            f"invalid control directive: #pragma {' '.join(words[1:])}", pragma.pos, text
+        )
+    if len(words) < 4:
+        raise DCompileError("malformed #pragma option <option>=<val>", pragma.pos, text)
+    if len(words) > 4:
+        raise DCompileError("superfluous arguments specified for #pragma option", pragma.pos, text)
+    name, eq, value = words[3].partition("=")
+    problem = _set_option(values, name, value if eq else None)
+    if problem is not None:
+        shown = f"'{name}'" if not eq else f"'{name}' to '{value}'"
+        raise DCompileError(f"failed to set option {shown}: {problem}", pragma.pos, text)
+
+
+def _build_clause(
+    index: int, item: ast.Clause, cc: CheckedClause, compiler: Compiler, text: str
+) -> Clause:
+    descriptions: list[ProbeDescription] = []
+    for spec in item.specs:
+        try:
+            descriptions.append(ProbeDescription.parse(spec.text))
+        except BadProbeDescription as exc:
+            raise DCompileError(str(exc), spec.pos, text) from None
+    pred = compiler.expr(cc.predicate) if cc.predicate is not None else None
+    return Clause(
+        index=index,
+        descriptions=tuple(descriptions),
+        predicate=pred,
+        body=compiler.stmts(cc.body),
+        needs=_needs(cc),
+        records=cc.needs.output,
+        no_actions=cc.no_actions,
+        pos=item.pos,
+    )
+
+
+def _needs(cc: CheckedClause) -> ClauseNeeds:
+    n = cc.needs
+    b = n.builtins
+    return ClauseNeeds(
+        args=frozenset(n.args),
+        pid="pid" in b,
+        tid="tid" in b or n.self_vars,
+        ppid="ppid" in b,
+        uid="uid" in b,
+        gid="gid" in b,
+        cpu="cpu" in b,
+        execname="execname" in b,
+        timestamp="timestamp" in b or "vtimestamp" in b,
+        walltimestamp="walltimestamp" in b,
+        thread_locals=n.self_vars,
+        clause_locals=n.this_vars,
+        globals=n.globals,
+        memory=n.memory,
+        ustack_depth=n.ustack_depth,
+        output=n.output,
+        exit=n.exit,
+        pure_count=_pure_count(cc),
+    )
+
+
+def _probe_constant(e: ir.Expr) -> bool:
+    """Whether *e* depends on nothing but the probe's names and constants."""
+    if isinstance(e, ir.Const):
+        return True
+    if isinstance(e, ir.Builtin):
+        return e.name in PROBE_CONSTANT_BUILTINS
+    if isinstance(e, ir.Unary | ir.Cast):
+        return _probe_constant(e.operand)
+    if isinstance(e, ir.Binary | ir.Logical):
+        return _probe_constant(e.left) and _probe_constant(e.right)
+    if isinstance(e, ir.Ternary):
+        return all(_probe_constant(x) for x in (e.cond, e.then, e.other))
+    if isinstance(e, ir.Call):
+        return e.name in PURE_SUBROUTINES and all(_probe_constant(a) for a in e.args)
+    return False
+
+
+def _pure_count(cc: CheckedClause) -> bool:
+    if cc.no_actions or not cc.body:
+        return False
+    if cc.predicate is not None and not _probe_constant(cc.predicate):
+        return False
+    return all(
+        isinstance(st, ir.AggUpdate)
+        and st.agg.func is ir.AggFunc.COUNT
+        and all(_probe_constant(k) for k in st.keys)
+        for st in cc.body
+    )

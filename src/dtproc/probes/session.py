@@ -1,0 +1,370 @@
+"""A tracing session: a compiled D program, the processes it watches, and the backends.
+
+This is what ``dtrace -c``/``-p`` does, as a library: processes are created or
+grabbed first (so ``$target`` is known), the program is compiled, every probe
+description is matched against every controlled process (and again whenever a
+library loads, and from scratch after an exec), BEGIN fires, the processes are
+let go from their rendezvous, hits run clauses, and when the processes are gone,
+``exit()`` is called or the user interrupts, the probes are removed, END fires
+and the aggregations are printed. Grabbed processes run on unharmed; created
+ones are killed, as dtrace does.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shlex
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from dtproc.control import Notification, NotificationKind, Process, Tracer
+from dtproc.d import OutputFormat, ProbeContext, ProbeDescription, Program, Runtime
+from dtproc.errors import DtprocError, ProbeError
+from dtproc.events import Exec, signal_name
+from dtproc.modules import Module, ModuleMap
+from dtproc.probes.backend import Backend, Placement
+from dtproc.probes.pid import PidProvider, module_may_load_later
+from dtproc.probes.ptrace_backend import PtraceBackend
+from dtproc.probes.sites import ProbeIds, ProbeSite
+from dtproc.rendezvous import StopPoint
+from dtproc.rtld import ModulesChanged
+
+_PID_PROVIDER = re.compile(r"pid([0-9]+)\Z")
+_WAKE = 0.25
+
+
+@dataclass
+class SessionOptions:
+    quiet: bool = False
+    output: OutputFormat = OutputFormat.DTRACE
+    backend: str = "auto"  # auto | ptrace | uprobe
+    zero_ok: bool = False  # -Z: descriptions may match nothing
+    verbose: bool = False
+    evaltime: StopPoint = StopPoint.POSTINIT  # where created processes wait for tracing to start
+    program_name: str = "dtproc"
+
+
+@dataclass
+class SourceMatches:
+    """How many probes one command-line program matched (dtrace's notice)."""
+
+    desc: str  # "description" or "script"
+    name: str
+    clauses: tuple[int, ...]
+    matched: int = 0
+
+
+@dataclass
+class _Described:
+    """One probe description of one clause, kept for later module loads."""
+
+    clause: int
+    desc: ProbeDescription
+    source: SourceMatches | None
+    sites: int = 0
+    pending: bool = False  # matched nothing yet, but a library may bring it
+
+
+@dataclass
+class _Watched:
+    proc: Process
+    from_command_line: bool
+    pid_provider: PidProvider
+    ended: bool = False
+    extras: list[object] = field(default_factory=list)
+
+
+class Session:
+    """One dtrace-like run. Not thread-safe: drive it from one thread."""
+
+    def __init__(
+        self,
+        options: SessionOptions | None = None,
+        *,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.options = options or SessionOptions()
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.tracer = tracer or Tracer()
+        self._owns_tracer = tracer is None
+        self.ids = ProbeIds()
+        self._watched: dict[int, _Watched] = {}
+        self._order: list[int] = []
+        self._described: list[_Described] = []
+        self._sources: list[SourceMatches] = []
+        self.runtime: Runtime | None = None
+        self.program: Program | None = None
+        self._fire_lock = threading.Lock()
+        self._wake = threading.Event()
+        self.interrupted = 0
+        self._backend: Backend = PtraceBackend(self._fire)
+        self._closed = False
+
+    # ------------------------------------------------------------------ processes
+    @property
+    def target(self) -> int | None:
+        return self._order[0] if self._order else None
+
+    def create(self, command: str | Sequence[str]) -> Process:
+        """``-c``: start a command (a string is split on white space, as dtrace does)."""
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        proc = self.tracer.create(argv, stop_at=self.options.evaltime)
+        self._watch(proc, from_command_line=True)
+        return proc
+
+    def grab(self, pid: int) -> Process:
+        """``-p``: take a running process."""
+        proc = self.tracer.grab(pid)
+        self._watch(proc, from_command_line=True)
+        return proc
+
+    def _watch(self, proc: Process, *, from_command_line: bool) -> _Watched:
+        w = _Watched(proc, from_command_line, PidProvider(proc.pid, proc.read, self.ids))
+        self._watched[proc.pid] = w
+        self._order.append(proc.pid)
+        proc.subscribe_modules(functools.partial(self._on_modules, w))
+        proc.subscribe_exec(functools.partial(self._on_exec, w))
+        return w
+
+    # ------------------------------------------------------------------ the program
+    def use(self, program: Program, sources: Sequence[SourceMatches]) -> None:
+        """The compiled program to run, and which clauses each command-line source made."""
+        self.program = program
+        self._sources = list(sources)
+        self.runtime = Runtime(
+            program,
+            self.out,
+            symbolize=self._symbolize,
+            output=self.options.output,
+            err=self.err,
+        )
+
+    def _symbolize(self, pid: int, pc: int) -> str:
+        w = self._watched.get(pid)
+        if w is None:
+            return f"0x{pc:x}"
+        try:
+            return w.proc.symbolize(pc)
+        except DtprocError:
+            return f"0x{pc:x}"
+
+    # ------------------------------------------------------------------ matching
+    def enable(self) -> list[SourceMatches]:
+        """Match every description in every process and start catching hits."""
+        program = self._require_program()
+        by_clause = {c: src for src in self._sources for c in src.clauses}
+        for clause in program.clauses:
+            if clause.is_begin or clause.is_end or clause.is_error:
+                continue
+            for desc in clause.descriptions:
+                self._described.append(_Described(clause.index, desc, by_clause.get(clause.index)))
+        self._grab_named_processes()
+        for d in self._described:
+            for w in self._watched.values():
+                placed = self._place(w, d, w.proc.modules, None, here=False)
+                d.sites += placed
+            if d.source is not None:
+                d.source.matched += d.sites
+        self._check_zero_matches()
+        return self._sources
+
+    def list_probes(self, descriptions: Sequence[ProbeDescription]) -> list[ProbeSite]:
+        """``-l``: the probes *descriptions* name in the controlled processes, by id."""
+        found: dict[int, ProbeSite] = {}
+        for desc in descriptions:
+            self._described.append(_Described(-1, desc, None))
+        self._grab_named_processes()
+        for desc in descriptions:
+            for w in self._watched.values():
+                for site in self._sites_for(w, desc, w.proc.modules, None):
+                    found.setdefault(site.info.id, site)
+        return [found[k] for k in sorted(found)]
+
+    def _grab_named_processes(self) -> None:
+        """``pid1234:::`` names a process: grab it, as dtrace does, if we do not have it."""
+        for d in self._described:
+            m = _PID_PROVIDER.match(d.desc.provider)
+            if m is None:
+                continue
+            pid = int(m.group(1))
+            if pid not in self._watched:
+                proc = self.tracer.grab(pid)
+                self._watch(proc, from_command_line=False)
+
+    def _place(
+        self,
+        w: _Watched,
+        d: _Described,
+        modules: ModuleMap,
+        only: Sequence[Module] | None,
+        *,
+        here: bool,
+    ) -> int:
+        sites = self._sites_for(w, d.desc, modules, only)
+        if not sites:
+            if only is None and module_may_load_later(d.desc, modules):
+                d.pending = True
+            return 0
+        placements = [Placement(site, (d.clause,)) for site in sites]
+        if here:
+            self._backend.enable_here(w.proc, placements)
+        else:
+            self._backend.enable(w.proc, placements)
+        return len(sites)
+
+    def _sites_for(
+        self, w: _Watched, desc: ProbeDescription, modules: ModuleMap, only: Sequence[Module] | None
+    ) -> list[ProbeSite]:
+        return w.pid_provider.sites(desc, modules, only)
+
+    def _check_zero_matches(self) -> None:
+        for d in self._described:
+            if d.sites or self.options.zero_ok:
+                continue
+            if d.pending:
+                self._notice(
+                    f"description '{d.desc}' matched 0 probes for now; "
+                    f"it will be enabled when module '{d.desc.module}' loads"
+                )
+                continue
+            text = d.source.name if d.source is not None else str(d.desc)
+            raise ProbeError(
+                f"invalid probe specifier {text}: probe description {d.desc} "
+                "does not match any probes"
+            )
+
+    def _on_modules(self, w: _Watched, change: ModulesChanged) -> None:
+        """A library loaded or went away (control thread, the loading thread stopped)."""
+        if change.removed:
+            self._backend.forget(w.proc, change.removed)
+        if not change.added or self.runtime is None:
+            return
+        for d in self._described:
+            n = self._place(w, d, change.modules, change.added, here=True)
+            d.sites += n
+
+    def _on_exec(self, w: _Watched, event: Exec) -> None:
+        """The program exec'd (control thread, nothing of the new image has run): start over."""
+        self._backend.forget(w.proc, None)
+        if self.runtime is None:
+            return
+        modules = w.proc.tracee.refresh_modules()
+        for d in self._described:
+            self._place(w, d, modules, None, here=True)
+
+    # ------------------------------------------------------------------ running
+    def _fire(self, clauses: Sequence[int], ctx: ProbeContext) -> None:
+        rt = self.runtime
+        if rt is None:
+            return
+        with self._fire_lock:
+            rt.fire_probe(clauses, ctx)
+            if rt.exit_requested is not None:
+                self._wake.set()
+                self.tracer.interrupt_sleep()
+
+    def go(self) -> None:
+        """Fire BEGIN, then let every process go from its rendezvous."""
+        rt = self._require_runtime()
+        with self._fire_lock:
+            rt.begin()
+        for pid in self._order:
+            self.tracer.resume(self._watched[pid].proc)
+
+    def wait(self) -> None:
+        """Run until the command-line processes are gone, exit() is called, or an interrupt."""
+        rt = self._require_runtime()
+        while not self.interrupted and rt.exit_requested is None:
+            if self._command_line_procs() and self._all_ended():
+                break
+            for note in self.tracer.sleep(_WAKE):
+                self._on_notification(note)
+
+    def _command_line_procs(self) -> list[_Watched]:
+        return [w for w in self._watched.values() if w.from_command_line]
+
+    def _all_ended(self) -> bool:
+        return all(w.ended for w in self._command_line_procs())
+
+    def _on_notification(self, note: Notification) -> None:
+        w = self._watched.get(note.pid)
+        if w is not None:
+            w.ended = True
+        if note.kind is NotificationKind.LOST:
+            self._notice(f"pid {note.pid} exec'd a set-id or unobservable program")
+        elif note.kind is NotificationKind.KILLED:
+            self._notice(f"pid {note.pid} terminated by {signal_name(note.status)}")
+        elif note.status:
+            self._notice(f"pid {note.pid} exited with status {note.status}")
+        else:
+            self._notice(f"pid {note.pid} has exited")
+
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: stop tracing (twice: do not even print the aggregations)."""
+        self.interrupted += 1
+        self._wake.set()
+        self.tracer.interrupt_sleep()
+
+    def stop(self) -> None:
+        """Remove every probe; processes keep running (grabbed) until close()."""
+        for w in self._watched.values():
+            self._backend.disable(w.proc)
+        self._backend.close()
+
+    def finish(self) -> int:
+        """END, the aggregations (unless interrupted twice); the exit status."""
+        rt = self._require_runtime()
+        if self.interrupted < 2:
+            with self._fire_lock:
+                rt.end()
+        return rt.exit_requested or 0
+
+    def close(self) -> None:
+        """Release every process: created ones die, grabbed ones run on as before."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_tracer:
+            self.tracer.close()
+        else:
+            for w in self._watched.values():
+                w.proc.release()
+
+    def run(self) -> int:
+        """enable, go, wait, stop, finish, close: the whole of ``dtrace -c``."""
+        try:
+            self.enable()
+            self.go()
+            self.wait()
+            self.stop()
+            return self.finish()
+        finally:
+            self.close()
+
+    # ------------------------------------------------------------------ helpers
+    def _notice(self, message: str) -> None:
+        if not self.options.quiet and not self._program_quiet():
+            print(f"{self.options.program_name}: {message}", file=self.err, flush=True)
+
+    def _program_quiet(self) -> bool:
+        return self.program is not None and self.program.options.quiet
+
+    def _require_program(self) -> Program:
+        if self.program is None:
+            raise DtprocError("no program: call Session.use() first")
+        return self.program
+
+    def _require_runtime(self) -> Runtime:
+        if self.runtime is None:
+            raise DtprocError("no program: call Session.use() first")
+        return self.runtime
+
+
+__all__ = ["Session", "SessionOptions", "SourceMatches"]
