@@ -203,6 +203,7 @@ def test_fork_vfork_exec_children_unharmed(
     sym = t.lookup("a.out", "work")
     assert sym is not None
     bp = t.add_breakpoint(sym.address, lambda tr, tid: None)
+    t.stop_on_exec = True  # look at the new image before it runs
     t.resume()
     execs = 0
     for ev in t.events(30):
@@ -213,6 +214,7 @@ def test_fork_vfork_exec_children_unharmed(
             new = t.lookup("a.out", "work")
             assert new is not None
             assert t.read_raw(new.address, 1) != b"\xcc"
+            t.resume()
     end = t.end
     t.release()
     assert execs == 1

@@ -170,27 +170,35 @@ class ModuleMap:
         return mod, found[0], found[1]
 
 
+_vdso_images: dict[bytes, ElfFile] = {}
+
+
+def _vdso(image: bytes) -> ElfFile:
+    """The vDSO is the same image in every process of one kernel: parse it once."""
+    elf = _vdso_images.get(image)
+    if elf is None:
+        elf = _vdso_images[image] = ElfFile.from_bytes(image, VDSO)
+    return elf
+
+
 def _modules_of(pid: int, read_memory: ReadMemory) -> list[Module]:
     maps = procfs.read_maps(pid)
     exe = procfs.exe_path(pid)
-    groups: dict[tuple[str, int, str], list[procfs.Mapping]] = {}
-    order: list[tuple[str, int, str]] = []
+    groups: list[list[procfs.Mapping]] = []
+    latest: dict[tuple[str, int, str], list[procfs.Mapping]] = {}
     for m in maps:
-        if m.path == VDSO:
-            key = (m.dev, m.inode, m.path)
-        elif not m.path.startswith("/") or m.inode == 0:
+        if m.path != VDSO and (not m.path.startswith("/") or m.inode == 0):
             continue
-        else:
-            key = (m.dev, m.inode, m.path)
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(m)
-    modules = []
-    for key in order:
-        mod = _module(pid, groups[key], exe, read_memory)
-        if mod is not None:
-            modules.append(mod)
+        key = (m.dev, m.inode, m.path)
+        group = latest.get(key)
+        # A file mapped again from a lower offset is another copy of it (a dlmopen namespace
+        # loads its own libc.so.6): one module per copy, never one spanning them all.
+        # (Within one copy offsets never go down; two segments may share a page.)
+        if group is None or m.offset < group[-1].offset:
+            group = latest[key] = []
+            groups.append(group)
+        group.append(m)
+    modules = [mod for g in groups if (mod := _module(pid, g, exe, read_memory)) is not None]
     # Load order as DTrace searches it: the executable first, then by address.
     modules.sort(key=lambda m: (not m.is_main, m.start))
     return modules
@@ -203,7 +211,7 @@ def _module(
     start, end = first.start, max(m.end for m in maps)
     if first.path == VDSO:
         try:
-            elf = ElfFile.from_bytes(read_memory(first.start, first.end - first.start), VDSO)
+            elf = _vdso(read_memory(first.start, first.end - first.start))
         except DtprocError:
             return None
         return Module(VDSO, VDSO, start, end, first.start - elf.min_vaddr, elf)

@@ -771,16 +771,21 @@ class Tracee:
             self._resume_thread(th)
 
     def _on_sigtrap(self, th: _Thread) -> bool:
-        """Handle a SIGTRAP that is ours (breakpoint, step); False if it is the program's."""
-        try:
-            info = ptrace.getsiginfo(th.tid)
-        except OSError:
-            return False
-        if th.stepping and info.si_code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT):
-            th.stepping = False
-            th.stop = _Stop.STEP
-            return True
-        if info.si_code != ptrace.SI_KERNEL or self._space is None:
+        """Handle a SIGTRAP that is ours (breakpoint, step); False if it is the program's.
+
+        No siginfo is needed for breakpoints (one syscall less per hit): a thread
+        whose rip is one past one of our int3 bytes has just executed it.
+        """
+        if th.stepping:
+            try:
+                info = ptrace.getsiginfo(th.tid)
+            except OSError:
+                return False
+            if info.si_code in (ptrace.TRAP_TRACE, ptrace.TRAP_BRKPT):
+                th.stepping = False
+                th.stop = _Stop.STEP
+                return True
+        if self._space is None:
             return False
         return self._on_int3(th)
 
