@@ -128,7 +128,7 @@ def test_callback_sees_the_thread_stopped_at_the_site(
     finish(t)
     assert len(seen) == 6
     assert {rip for _, rip, _ in seen} == {sym.address}
-    assert {name for _, _, name in seen} == {"a.out`work"}
+    assert {name for _, _, name in seen} == {f"{bpwork.name}`work"}
     assert len({tid for tid, _, _ in seen}) == 2
 
 

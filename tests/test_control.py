@@ -169,7 +169,7 @@ def test_each_rendezvous(dt: Tracer, bpwork: Path, point: str) -> None:
         "preinit": "ld-linux-x86-64.so.2`_dl_debug_state",
         # Just back from the executable's last initialiser, inside __libc_start_main.
         "postinit": "libc.so.6`__libc_start_",
-        "main": "a.out`main",
+        "main": f"{bpwork.name}`main",
     }[point]
     assert where.startswith(expected)
     if point != "exec":

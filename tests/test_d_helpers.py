@@ -16,6 +16,7 @@ from dtproc.d import (
     OutputFormat,
     ProbeDescription,
     ProbeInfo,
+    Program,
     Runtime,
     StackValue,
     StaticContext,
@@ -73,6 +74,18 @@ def run(
     Ticks stop early once exit() was called, as dtrace's would.
     """
     program = compile_program(src, macros=macros or {"target": 1234}, options=options)
+    return run_program(program, hits=hits, ticks=ticks, fmt=fmt, symbolizer=symbolizer)
+
+
+def run_program(
+    program: Program,
+    *,
+    hits: Iterable[StaticContext] = (),
+    ticks: int = 0,
+    fmt: OutputFormat = OutputFormat.DTRACE,
+    symbolizer: Callable[[int, int], str] = symbolize,
+) -> Run:
+    """:func:`run` for a program compiled already."""
     out, err = io.StringIO(), io.StringIO()
     rt = Runtime(program, out, symbolize=symbolizer, output=fmt, err=err)
     rt.begin()

@@ -712,7 +712,7 @@ def _mappings(pid: int, path: str) -> list[tuple[int, int, str]]:
 
 def _bias(elf: ElfFile, pid: int) -> int:
     """The bias by every mapping that one line identifies: offset 0, executable, writable."""
-    maps = _mappings(pid, elf.path)
+    maps = _mappings(pid, elf.real_path or elf.path)  # a cached object may carry another path
     clear = [m for m in maps if m[1] == 0 or "x" in m[2] or "w" in m[2]]
     assert len(clear) >= 2
     biases = {elf.load_bias(start, off, perms) for start, off, perms in clear}

@@ -20,7 +20,7 @@ from dtproc.cfi import CfiTable, FrameSource
 from dtproc.elf import ElfFile
 from dtproc.modules import Module
 from dtproc.unwind import UnwindMethod, UnwoundStack, unwind
-from uw_gdb import Snapshot, SnapshotSpace, take_snapshots
+from uw_gdb import VDSO, Snapshot, SnapshotSpace, by_tag, take_snapshots
 
 pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb is the oracle and snapshot taker")
 
@@ -28,7 +28,6 @@ pytestmark = pytest.mark.skipif(not have("gdb"), reason="gdb is the oracle and s
 CHAIN, QSORT, SIGNAL, OWN_RESTORER, RECURSION, THREAD = 1, 2, 3, 4, 5, 6
 # uw_cpp.cpp's.
 CPP_CLEANUP, CPP_CATCH, CPP_EXCEPTION_DTOR, CPP_BACKTRACE = 10, 11, 12, 13
-VDSO = "vdso"
 DEPTH = 200
 
 
@@ -43,21 +42,13 @@ class Runs:
     cpp: dict[int | str, Snapshot]
 
 
-def _by_tag(snaps: list[Snapshot]) -> dict[int | str, Snapshot]:
-    out: dict[int | str, Snapshot] = {}
-    for snap in snaps:
-        tag: int | str = VDSO if "clock_gettime" in snap.frames[0].name else snap.regs[5]
-        out.setdefault(tag, snap)
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs(build: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Runs:
     out = tmp_path_factory.mktemp("uw_snapshots")
     no_eh = ("-fno-asynchronous-unwind-tables", "-fno-unwind-tables")
 
     def snap(name: str, binary: Path, *breakpoints: str) -> dict[int | str, Snapshot]:
-        return _by_tag(take_snapshots(binary, out / name, breakpoints=breakpoints or ("*uw_leaf",)))
+        return by_tag(take_snapshots(binary, out / name, breakpoints=breakpoints or ("*uw_leaf",)))
 
     pie = build("uw_basic", "-O2", "-pthread", "-pie", "-fPIE")
     return Runs(

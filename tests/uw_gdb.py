@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,29 @@ from dtproc.elf import ElfFile
 from dtproc.errors import BadAddress
 from dtproc.modules import Module
 
-# Runs inside gdb.  Kept free of f-string nesting and third-party imports.
-_GDB_SCRIPT = r"""
+# gdb's physical frames of the selected thread: runs inside gdb, as a prefix of the scripts.
+_GDB_FRAMES = r"""
 import json, os, gdb
 
+
+def frames():
+    out = []
+    frame = gdb.newest_frame()
+    while frame is not None and len(out) < 1000:
+        if frame.type() not in (gdb.INLINE_FRAME, gdb.TAILCALL_FRAME):
+            out.append({"pc": frame.pc(), "name": frame.name() or "",
+                        "type": int(frame.type())})
+        try:
+            frame = frame.older()
+        except gdb.error:
+            break
+    return out
+"""
+
+# Runs inside gdb.  Kept free of f-string nesting and third-party imports.
+_GDB_SCRIPT = (
+    _GDB_FRAMES
+    + r"""
 OUT = os.environ["UW_OUT"]
 REGS = os.environ["UW_REGS"].split(",")
 STACK_LIMIT = int(os.environ["UW_STACK_LIMIT"])
@@ -44,20 +64,6 @@ def region(maps, addr):
         if lo <= addr < hi:
             return lo, hi, line
     return None
-
-
-def frames():
-    out = []
-    frame = gdb.newest_frame()
-    while frame is not None and len(out) < 1000:
-        if frame.type() not in (gdb.INLINE_FRAME, gdb.TAILCALL_FRAME):
-            out.append({"pc": frame.pc(), "name": frame.name() or "",
-                        "type": int(frame.type())})
-        try:
-            frame = frame.older()
-        except gdb.error:
-            break
-    return out
 
 
 def snapshot(n):
@@ -106,8 +112,60 @@ while count < MAX_STOPS and gdb.selected_inferior().pid and gdb.selected_thread(
     except gdb.error:
         break
 """
+)
+
+# Attached to a running process: the physical frames of every thread, by thread id.
+_GDB_ATTACH = (
+    _GDB_FRAMES
+    + r"""
+stacks = {}
+for thread in gdb.selected_inferior().threads():
+    thread.switch()
+    stacks[thread.ptid[1]] = [f["pc"] for f in frames()]
+with open(os.environ["UW_OUT"], "w") as f:
+    json.dump(stacks, f)
+"""
+)
 
 _REGS = (*DWARF_REGS, "eflags")
+PAUSE_SYSCALL = 34
+
+
+def attach_backtraces(pid: int, out: Path, timeout: float = 60) -> dict[int, tuple[int, ...]]:
+    """gdb's backtrace of every thread of the running process *pid* (attached, then let go)."""
+    out.mkdir(parents=True, exist_ok=True)
+    script, result = out / "attach.py", out / "attach.json"
+    script.write_text(_GDB_ATTACH)
+    cmd = ["gdb", "-batch", "-nx", "-q", "-p", str(pid), "-ex", "set backtrace past-main on"]
+    subprocess.run(
+        [*cmd, "-x", str(script)],
+        check=False,
+        env=dict(os.environ, UW_OUT=str(result)),
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return {int(tid): tuple(pcs) for tid, pcs in json.loads(result.read_text()).items()}
+
+
+def wait_until_parked(pid: int, threads: int, timeout: float = 10) -> None:
+    """Wait until *pid* has *threads* threads, each blocked in pause() (tests/targets/us_deep.c)."""
+    deadline = time.monotonic() + timeout
+    while not _parked(pid, threads):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pid {pid}: its {threads} threads never all sat in pause()")
+        time.sleep(0.005)
+
+
+def _parked(pid: int, threads: int) -> bool:
+    tids = os.listdir(f"/proc/{pid}/task")
+    if len(tids) != threads:
+        return False
+    for tid in tids:
+        with open(f"/proc/{pid}/task/{tid}/syscall") as f:
+            if f.read().split()[0] != str(PAUSE_SYSCALL):
+                return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -204,6 +262,19 @@ def _load(out: Path, n: int, record: dict[str, object]) -> Snapshot:
         vdso_path.read_bytes() if vdso_start is not None and vdso_path.exists() else None,
         vdso_start if isinstance(vdso_start, int) else None,
     )
+
+
+#: The tag of a stop in the vDSO's clock_gettime (uw_basic.c's scenario 7).
+VDSO = "vdso"
+
+
+def by_tag(snaps: list[Snapshot]) -> dict[int | str, Snapshot]:
+    """The first stop of each scenario: uw_leaf's first argument (%rdi) names it."""
+    out: dict[int | str, Snapshot] = {}
+    for snap in snaps:
+        tag: int | str = VDSO if "clock_gettime" in snap.frames[0].name else snap.regs[5]
+        out.setdefault(tag, snap)
+    return out
 
 
 @dataclass(frozen=True)

@@ -99,35 +99,75 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: dtproc -n 'pid$target::malloc:entry { @[ustack()] = count(); }' "
         "-c 'ls -l /usr/bin'",
     )
-    p.add_argument("-c", dest="commands", action="append", default=[], metavar="CMD",
-                   help="run CMD under control and trace it; tracing ends when it exits")
-    p.add_argument("-p", dest="pids", action="append", default=[], metavar="PID",
-                   help="grab process PID and trace it; tracing ends when it exits")
-    for flag, what in (("-n", "a probe specifier: [[[provider:]module:]function:]name "
-                               "[/predicate/] [{actions}]"),
-                       ("-s", "a D script file"),
-                       ("-P", "probes of a provider"), ("-m", "probes of a module"),
-                       ("-f", "probes of a function"), ("-i", "a probe id or description")):
-        p.add_argument(flag, action=_ProgramAction, metavar="SPEC" if flag != "-s" else "FILE",
-                       help=what)
-    p.add_argument("-q", dest="quiet", action="store_true",
-                   help="quiet: only what the program prints")
+    p.add_argument(
+        "-c",
+        dest="commands",
+        action="append",
+        default=[],
+        metavar="CMD",
+        help="run CMD under control and trace it; tracing ends when it exits",
+    )
+    p.add_argument(
+        "-p",
+        dest="pids",
+        action="append",
+        default=[],
+        metavar="PID",
+        help="grab process PID and trace it; tracing ends when it exits",
+    )
+    for flag, what in (
+        ("-n", "a probe specifier: [[[provider:]module:]function:]name [/predicate/] [{actions}]"),
+        ("-s", "a D script file"),
+        ("-P", "probes of a provider"),
+        ("-m", "probes of a module"),
+        ("-f", "probes of a function"),
+        ("-i", "a probe id or description"),
+    ):
+        p.add_argument(
+            flag, action=_ProgramAction, metavar="SPEC" if flag != "-s" else "FILE", help=what
+        )
+    p.add_argument(
+        "-q", dest="quiet", action="store_true", help="quiet: only what the program prints"
+    )
     p.add_argument("-o", dest="output", metavar="FILE", help="append the output to FILE")
-    p.add_argument("-x", dest="xopts", action="append", default=[], metavar="OPT[=VAL]",
-                   help="set an option (ustackframes=N, quiet, aggsortkey, ..., "
-                   "backend=auto|ptrace|uprobe, evaltime=exec|preinit|postinit|main)")
-    p.add_argument("-l", dest="list_only", action="store_true",
-                   help="list the matching probes instead of tracing")
-    p.add_argument("-Z", dest="zero_ok", action="store_true",
-                   help="permit probe descriptions that match no probes")
+    p.add_argument(
+        "-x",
+        dest="xopts",
+        action="append",
+        default=[],
+        metavar="OPT[=VAL]",
+        help="set an option (ustackframes=N, quiet, aggsortkey, ..., "
+        "backend=auto|ptrace|uprobe, evaltime=exec|preinit|postinit|main)",
+    )
+    p.add_argument(
+        "-l",
+        dest="list_only",
+        action="store_true",
+        help="list the matching probes instead of tracing",
+    )
+    p.add_argument(
+        "-Z",
+        dest="zero_ok",
+        action="store_true",
+        help="permit probe descriptions that match no probes",
+    )
     p.add_argument("-v", dest="verbose", action="store_true", help="verbose: say more")
-    p.add_argument("-w", dest="destructive", action="store_true",
-                   help="accepted for compatibility (dtproc has no destructive actions)")
-    p.add_argument("-V", "--version", dest="version", action="store_true",
-                   help="print the version and exit")
-    p.add_argument("--format", dest="fmt", default="dtrace",
-                   choices=[f.value for f in OutputFormat],
-                   help="output format (default: dtrace's text)")
+    p.add_argument(
+        "-w",
+        dest="destructive",
+        action="store_true",
+        help="accepted for compatibility (dtproc has no destructive actions)",
+    )
+    p.add_argument(
+        "-V", "--version", dest="version", action="store_true", help="print the version and exit"
+    )
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        default="dtrace",
+        choices=[f.value for f in OutputFormat],
+        help="output format (default: dtrace's text)",
+    )
     p.add_argument("args", nargs="*", help="macro arguments $1, $2, ...")
     return p
 
@@ -257,16 +297,15 @@ def run(req: Request, out: TextIO, err: TextIO) -> int:
         compiled = _compile(req, session)
         if req.list_only:
             return _list(session, compiled, out)
-        session.use(compiled.program, _matches(compiled))
+        session.use(compiled.program, _matches(compiled), compiled.unmatched)
         sources = session.enable()
         for src in sources:
-            session._notice(  # noqa: SLF001 - the session owns the quiet rule
+            session.notice(
                 f"{src.desc} '{src.name}' matched {src.matched} probe"
                 f"{'' if src.matched == 1 else 's'}"
             )
-        if not any(src.matched for src in sources) and not options.zero_ok:
-            if not _has_begin_or_end(compiled):
-                raise DtprocError("no probes matched")
+        if not any(s.matched for s in sources) and not session.pending and not options.zero_ok:
+            raise DtprocError("no probes matched")
         session.go()
         session.wait()
         if session.interrupted == 1 and req.fmt is OutputFormat.DTRACE:
@@ -287,6 +326,7 @@ class _Closer:
 
 def _compile(req: Request, session: Session) -> CompiledSet:
     macros: dict[str, str | int] = {str(i): a for i, a in enumerate(req.args, start=1)}
+    macros["0"] = PROG
     if session.target is not None:
         macros["target"] = session.target
     d_options = {k: v for k, v in req.options.items() if k not in _COMMAND_OPTIONS}
@@ -297,13 +337,7 @@ def _compile(req: Request, session: Session) -> CompiledSet:
 
 
 def _matches(compiled: CompiledSet) -> list[SourceMatches]:
-    return [
-        SourceMatches(info.desc, info.name, tuple(info.clauses)) for info in compiled.sources
-    ]
-
-
-def _has_begin_or_end(compiled: CompiledSet) -> bool:
-    return any(c.is_begin or c.is_end for c in compiled.program.clauses)
+    return [SourceMatches(info.desc, info.name, tuple(info.clauses)) for info in compiled.sources]
 
 
 def _list(session: Session, compiled: CompiledSet, out: TextIO) -> int:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from dtproc._sys import procfs
-from dtproc.elf import ElfFile, ElfSymbol, SymbolTable, SymbolType
+from dtproc.elf import ElfFile, ElfSymbol, SymbolBinding, SymbolTable, SymbolType
 from dtproc.errors import DtprocError, ElfError
 
 MAIN_MODULE: Final = "a.out"
@@ -49,27 +51,52 @@ class Symbol:
 class Module:
     """One mapped ELF object."""
 
-    name: str  # "a.out" for the executable, else the file's basename ("[vdso]" for the vDSO)
+    name: str  # the file's basename ("[vdso]" for the vDSO); "a.out" also names the executable
     path: str  # the path /proc/PID/maps shows
     start: int  # lowest mapped address
     end: int  # end of the highest mapping
     bias: int  # run-time address minus file vaddr
     elf: ElfFile | None = field(compare=False, repr=False)
     is_main: bool = False
+    soname: str = ""  # DT_SONAME of a shared library ("" for executables and unnamed objects)
+
+    @property
+    def object_name(self) -> str:
+        """The name DTrace shows: the basename of the dynamic linker's name for the object.
+
+        ld.so names a library by what it was asked for -- normally its soname
+        (``libstdc++.so.6``), not the file a symlink leads to (``libstdc++.so.6.0.30``,
+        which /proc/PID/maps shows); the vDSO is ``linux-vdso.so.1``; the executable
+        goes by its file's basename.
+        """
+        return self.soname or self.name
+
+    @property
+    def is_vdso(self) -> bool:
+        return self.path == VDSO
 
     @property
     def basename(self) -> str:
         return os.path.basename(self.path.removesuffix(" (deleted)"))
 
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Every name DTrace accepts: basename, full path, ``a.out`` for the executable, and
+        the library name without its version (``libc.so``) or without ``.so`` (``libc``)."""
+        names = [self.object_name, self.name, self.path]
+        if self.is_main:
+            names.append(MAIN_MODULE)
+        for full in {self.object_name, self.basename}:
+            stem, dot_so, _ = full.partition(".so")
+            if dot_so:
+                names += [stem + dot_so, stem]
+        return tuple(dict.fromkeys(names))
+
     def matches(self, pattern: str) -> bool:
-        """DTrace's module names: ``a.out``, basename, full path, ``libc`` for libc.so.6; globs."""
-        names = [self.name, self.basename, self.path]
-        short = self.basename.split(".so", 1)[0]
-        if short != self.basename:
-            names.append(short)
+        """Whether a probe description's module field (globs allowed) names this module."""
         if any(ch in pattern for ch in "*?["):
-            return any(fnmatch.fnmatchcase(n, pattern) for n in names)
-        return pattern in names
+            return any(fnmatch.fnmatchcase(n, pattern) for n in self.aliases)
+        return pattern in self.aliases
 
     def contains(self, address: int) -> bool:
         return self.start <= address < self.end
@@ -143,7 +170,9 @@ class ModuleMap:
         return [module.symbol(s) for s in seen.values()]
 
     def symbolize(self, address: int) -> str:
-        """``libc.so.6`getppid+0x4``, ``a.out`main``, ``libc.so.6`0x1234``, or ``0x7f...``."""
+        """As dtrace prints a frame: ``libc.so.6`getppid+0x4``, ``ls`main``, a PLT stub
+        ``ls`malloc@plt``, ``ls`0x55d0c3a1b2f0`` (an absolute pc: no symbol covers it), or
+        ``0x7f...`` (no module does)."""
         mod = self.module_at(address)
         if mod is None:
             return f"0x{address:x}"
@@ -152,11 +181,13 @@ class ModuleMap:
         if found is None:
             plt = mod.elf.plt_entry_at(address - mod.bias) if mod.elf is not None else None
             if plt is None:
-                return f"{mod.name}`0x{address - mod.bias:x}"
+                return f"{mod.object_name}`0x{address:x}"
             name, off = plt
         else:
-            name, off = found[0].name, found[1]
-        return f"{mod.name}`{name}+0x{off:x}" if off else f"{mod.name}`{name}"
+            sym, off = found
+            name = canonical_name(table, sym) if table is not None else sym.name
+        obj = mod.object_name
+        return f"{obj}`{name}+0x{off:x}" if off else f"{obj}`{name}"
 
     def resolve(self, address: int) -> tuple[Module, ElfSymbol | None, int] | None:
         """(module, symbol or None, offset into the symbol or the module's file vaddr)."""
@@ -168,6 +199,42 @@ class ModuleMap:
         if found is None:
             return mod, None, address - mod.bias
         return mod, found[0], found[1]
+
+
+_BINDING_RANK: Final = {SymbolBinding.GLOBAL: 0, SymbolBinding.WEAK: 0}
+_canonical: OrderedDict[int, tuple[SymbolTable, dict[int, str]]] = OrderedDict()
+_canonical_lock = threading.Lock()
+_CANONICAL_CACHE: Final = 64
+
+
+def _preference(sym: ElfSymbol) -> tuple[int, int, int, str]:
+    """DTrace's canonical name among aliases (libproc's rule): global or weak before local,
+    then the fewest leading underscores,
+    then shortest (``gnu_get_libc_version`` over ``__gnu_get_libc_version``)."""
+    underscores = len(sym.name) - len(sym.name.lstrip("_"))
+    return (_BINDING_RANK.get(sym.binding, 2), underscores, len(sym.name), sym.name)
+
+
+def canonical_name(table: SymbolTable, sym: ElfSymbol) -> str:
+    """The one name DTrace uses for the function at *sym*'s address."""
+    if not sym.is_function:
+        return sym.name
+    with _canonical_lock:
+        hit = _canonical.get(id(table))
+        if hit is not None and hit[0] is table:
+            _canonical.move_to_end(id(table))
+            return hit[1].get(sym.value, sym.name)
+    best: dict[int, ElfSymbol] = {}
+    for candidate in table.functions():
+        cur = best.get(candidate.value)
+        if cur is None or _preference(candidate) < _preference(cur):
+            best[candidate.value] = candidate
+    names = {value: s.name for value, s in best.items()}
+    with _canonical_lock:
+        _canonical[id(table)] = (table, names)
+        while len(_canonical) > _CANONICAL_CACHE:
+            _canonical.popitem(last=False)
+    return names.get(sym.value, sym.name)
 
 
 _vdso_images: dict[bytes, ElfFile] = {}
@@ -214,7 +281,7 @@ def _module(
             elf = _vdso(read_memory(first.start, first.end - first.start))
         except DtprocError:
             return None
-        return Module(VDSO, VDSO, start, end, first.start - elf.min_vaddr, elf)
+        return Module(VDSO, VDSO, start, end, first.start - elf.min_vaddr, elf, soname=_soname(elf))
     path = first.path.removesuffix(" (deleted)")
     try:
         elf = ElfFile.open(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
@@ -231,5 +298,12 @@ def _module(
     except ElfError:
         return None
     is_main = path == exe.removesuffix(" (deleted)")
-    name = MAIN_MODULE if is_main else os.path.basename(path)
-    return Module(name, first.path, start, end, bias, elf, is_main)
+    soname = "" if is_main else _soname(elf)
+    return Module(os.path.basename(path), first.path, start, end, bias, elf, is_main, soname)
+
+
+def _soname(elf: ElfFile) -> str:
+    try:
+        return os.path.basename(elf.soname or "")
+    except ElfError:
+        return ""

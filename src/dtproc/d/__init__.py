@@ -10,15 +10,19 @@ does the rest, as dtrace would::
     rt.begin()
     ... rt.fire(0, ctx) per hit, or rt.add_counts(0, probe, n) for pure-count clauses ...
     rt.end()
+
+dtrace's command line compiles several ``-n``/``-P``/``-m``/``-f``/``-i``
+arguments and ``-s`` scripts into one program: see :func:`compile_sources`.
 """
 
 from __future__ import annotations
 
 from dtproc.d.errors import DCompileError, Pos
 from dtproc.d.output import OutputFormat
-from dtproc.d.probedesc import ProbeDescription
+from dtproc.d.probedesc import ProbeDescription, ProbeField
 from dtproc.d.program import Clause, ClauseNeeds, Options, Program, compile_program
 from dtproc.d.runtime import Runtime, local_context
+from dtproc.d.sources import CompiledSet, Source, SourceInfo, SourceKind, compile_sources
 from dtproc.d.values import (
     BEGIN_PROBE,
     END_PROBE,
@@ -39,6 +43,7 @@ __all__ = [
     "ERROR_PROBE",
     "Clause",
     "ClauseNeeds",
+    "CompiledSet",
     "DCompileError",
     "MemoryFault",
     "Options",
@@ -46,14 +51,19 @@ __all__ = [
     "Pos",
     "ProbeContext",
     "ProbeDescription",
+    "ProbeField",
     "ProbeInfo",
     "Program",
     "Runtime",
+    "Source",
+    "SourceInfo",
+    "SourceKind",
     "StackValue",
     "StaticContext",
     "SymAddr",
     "SymKind",
     "Symbolizer",
     "compile_program",
+    "compile_sources",
     "local_context",
 ]

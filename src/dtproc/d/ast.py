@@ -158,10 +158,15 @@ class If(Stmt):
 
 @dataclass(frozen=True, slots=True)
 class ProbeSpec:
-    """One probe description as written, after macro expansion."""
+    """One probe description as written, after macro expansion.
+
+    An integer instead of a description is a probe id (``dtrace -i 42``);
+    *probe_id* holds it, and *text* its spelling.
+    """
 
     text: str
     pos: Pos
+    probe_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,7 +219,8 @@ class CheckedClause:
 
 @dataclass(frozen=True, slots=True)
 class CheckedProgram:
-    clauses: tuple[CheckedClause, ...]
+    """What all the checked texts share: aggregations and storage sizes."""
+
     aggs: tuple[ir.AggDef, ...]
     n_global_scalars: int
     n_global_arrays: int
@@ -229,12 +230,16 @@ class CheckedProgram:
 
 
 class Checker:
-    """Checks one program; the results are immutable IR and per-clause needs."""
+    """Checks the texts of one program in order; the results are immutable IR.
 
-    def __init__(
-        self, source: str, *, strsize: int, ustackframes: int, target_defined: bool
-    ) -> None:
-        self.src = source
+    Several texts (dtrace's ``-n`` arguments and ``-s`` scripts) may be
+    checked one after the other: names, types and aggregations carry over,
+    as they do in dtrace's one consumer, while each error points into the
+    text being checked.
+    """
+
+    def __init__(self, *, strsize: int, ustackframes: int, target_defined: bool) -> None:
+        self.src = ""
         self.strsize = strsize
         self.ustackframes = ustackframes
         self.target_defined = target_defined
@@ -242,14 +247,15 @@ class Checker:
         self.needs = Needs()
         self.action = 0
         self.deferred: DCompileError | None = None
+        self.region: str | None = None  # dtrace's name for the part being checked
 
     # -- errors ----------------------------------------------------------------
 
     def err(self, msg: str, pos: Pos) -> DCompileError:
-        return DCompileError(msg, pos, self.src)
+        return DCompileError(msg, pos, self.src, region=self.region)
 
     def undefined(self, msg: str, pos: Pos) -> _Undefined:
-        return _Undefined(msg, pos, self.src)
+        return _Undefined(msg, pos, self.src, region=self.region)
 
     def _end_pos(self) -> Pos:
         lines = self.src.split("\n")
@@ -257,7 +263,9 @@ class Checker:
 
     # -- program ---------------------------------------------------------------
 
-    def check(self, program: ast.ProgramAst) -> CheckedProgram:
+    def check(self, source: str, program: ast.ProgramAst) -> tuple[CheckedClause, ...]:
+        """Check one text (*program* parsed from *source*); returns its clauses."""
+        self.src = source
         if not program.items:
             raise self.err("empty D program translation unit", self._end_pos())
         clauses: list[CheckedClause] = []
@@ -266,9 +274,12 @@ class Checker:
                 self.declare(item)
             else:
                 clauses.append(self.clause(item))
+        return tuple(clauses)
+
+    def result(self) -> CheckedProgram:
+        """The aggregations and storage of everything checked so far."""
         aggs = sorted((a for a in self.t.aggs.values() if a.defn), key=lambda a: a.slot)
         return CheckedProgram(
-            tuple(clauses),
             tuple(a.defn for a in aggs if a.defn is not None),
             self.t.n_global_scalars,
             self.t.n_global_arrays,
@@ -316,7 +327,9 @@ class Checker:
         pred: ir.Expr | None = None
         if predicate_first and clause.predicate is not None:
             pred = self.predicate(clause.predicate)
+        self.region = "action list"
         body = self.statements(clause.body or ())
+        self.region = None
         if not predicate_first and clause.predicate is not None:
             pred = self.predicate(clause.predicate)
         no_actions = not clause.body
@@ -325,12 +338,14 @@ class Checker:
         return CheckedClause(pred, body, no_actions, self.needs)
 
     def predicate(self, expr: ast.Expr) -> ir.Expr:
+        self.region = "predicate"
         e = self.expr(expr)
         if _is_action(e):
             raise self.err("action cannot be used in a conditional context", expr.pos)
         if not _is_scalar(e.type):
             raise self.err("predicate result must be of scalar type", expr.pos)
         self.raise_deferred()
+        self.region = None
         return e
 
     # -- statements --------------------------------------------------------------

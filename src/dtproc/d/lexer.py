@@ -1,10 +1,11 @@
 """The D lexer: two modes, as dtrace's, because probe descriptions are not C.
 
 In the outer mode (between clauses) a word like ``pid$target:a.out:main:entry``
-or ``profile-997`` is one probe-specifier token; inside predicates and clause
-bodies the usual C tokens apply. ``/`` is the one character whose meaning
-depends on what follows: it closes a predicate when the next non-blank
-character is ``{``, ``;``, ``/`` or the end of input, and divides otherwise.
+or ``profile-997`` is one probe-specifier token (an integer there is a probe
+id); inside predicates and clause bodies the usual C tokens apply. ``/`` is
+the one character whose meaning depends on what follows: it closes a
+predicate when the next non-blank character is ``{``, ``;``, ``/`` or the end
+of input, and divides otherwise.
 
 Macro references (``$target``, ``$1``, ``$$1``) are replaced here, in
 expressions, by the token their value spells, as dtrace does; in probe
@@ -149,8 +150,13 @@ def is_ident_or_number(text: str) -> bool:
 class Lexer:
     """Tokenizes on demand at an offset, in the mode the parser asks for."""
 
-    def __init__(self, source: str, macros: Mapping[str, str | int]) -> None:
+    def __init__(
+        self, source: str, macros: Mapping[str, str | int], *, pspec: bool = False
+    ) -> None:
         self.src = source
+        # dtrace's DTRACE_C_PSPEC (set for -n/-P/-m/-f/-i arguments): outside
+        # clauses a word is a probe description even if it names a type.
+        self.pspec = pspec
         self.macros = {k: str(v) for k, v in macros.items()}
         self.control_lines: dict[int, ControlLine] = {}
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", source)]
@@ -227,13 +233,15 @@ class Lexer:
         c = src[off]
         if c in "{/,":
             return Token(T.OP, c, self.pos(off), off + 1)
+        if c.isdigit():
+            return self._number(off)  # a probe id where a description may be
         m = _PSPEC_RE.match(src, off)
         if m is None:
             raise self.error(f'syntax error near "{c}"', off)
         text = m.group()
         if text in DECL_KEYWORDS:
             return Token(T.KEYWORD, text, self.pos(off), m.end())
-        if text in dtypes.TYPEDEFS:
+        if text in dtypes.TYPEDEFS and not self.pspec:
             return Token(T.TNAME, text, self.pos(off), m.end())
         return Token(T.PSPEC, text, self.pos(off), m.end())
 

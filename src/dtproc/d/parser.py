@@ -35,18 +35,36 @@ _BINARY_LEVELS: tuple[tuple[str, ...], ...] = (
 
 _BRACKETS = {"(": "(", "[": "[", ")": "(", "]": "["}
 _TYPE_KEYWORDS = frozenset("char short int long signed unsigned void string const volatile".split())
+_SPEC_TOKENS = (T.PSPEC, T.INT)  # a description, or a probe id
 _MACRO_IN_SPEC = re.compile(r"\$\$?([0-9]+|[A-Za-z_][0-9A-Za-z_]*)")
 
 
-def parse(source: str, macros: Mapping[str, str | int]) -> ast.ProgramAst:
-    """Parse a whole D program."""
-    return Parser(source, macros).program()
+def parse(
+    source: str, macros: Mapping[str, str | int], *, pspec: bool = False, from_file: bool = False
+) -> ast.ProgramAst:
+    """Parse a whole D program.
+
+    A script (*from_file*) is parsed as dtrace parses a file: each probe
+    description needs a predicate or actions (elsewhere ``BEGIN`` alone is a
+    clause with the default action, as in ``dtrace -n BEGIN``). With *pspec*
+    (dtrace's ``DTRACE_C_PSPEC``, for ``-n``-style arguments) a word outside
+    clauses is a probe description even where it names a type.
+    """
+    return Parser(source, macros, pspec=pspec, from_file=from_file).program()
 
 
 class Parser:
-    def __init__(self, source: str, macros: Mapping[str, str | int]) -> None:
+    def __init__(
+        self,
+        source: str,
+        macros: Mapping[str, str | int],
+        *,
+        pspec: bool = False,
+        from_file: bool = False,
+    ) -> None:
         self.src = source
-        self.lx = Lexer(source, macros)
+        self.from_file = from_file
+        self.lx = Lexer(source, macros, pspec=pspec)
         self.off = 0
         self._cache: tuple[int, Mode, Token] | None = None
         self.depth = {"(": 0, "[": 0}
@@ -110,7 +128,7 @@ class Parser:
                 break
             if tok.kind in (T.KEYWORD, T.TNAME):
                 items.append(self.declaration())
-            elif tok.kind is T.PSPEC:
+            elif tok.kind in _SPEC_TOKENS:
                 items.append(self.clause())
             else:
                 raise self.syntax_error(tok)
@@ -148,9 +166,13 @@ class Parser:
         while self.at(",", Mode.OUTER):
             self.take(Mode.OUTER)
             tok = self.peek(Mode.OUTER)
-            if tok.kind is not T.PSPEC:
+            if tok.kind not in _SPEC_TOKENS:
                 raise self.syntax_error(tok)
             specs.append(self.probe_spec())
+        if self.from_file and not (self.at("/", Mode.OUTER) or self.at("{", Mode.OUTER)):
+            raise self.error(
+                "expected predicate and/or actions following probe description", specs[0].pos
+            )
         predicate: ast.Expr | None = None
         if self.at("/", Mode.OUTER):
             self.take(Mode.OUTER)
@@ -173,6 +195,9 @@ class Parser:
 
     def probe_spec(self) -> ast.ProbeSpec:
         tok = self.take(Mode.OUTER)
+        if tok.kind is T.INT:
+            assert isinstance(tok.value, int)
+            return ast.ProbeSpec(tok.text, tok.pos, tok.value)
         return ast.ProbeSpec(self.expand_spec_macros(tok), tok.pos)
 
     def expand_spec_macros(self, tok: Token) -> str:

@@ -1,17 +1,30 @@
 """Probe descriptions: ``provider:module:function:name`` with globs.
 
 A description with fewer than four fields is right-aligned, as in dtrace:
-``BEGIN`` is the name, ``malloc:entry`` is function and name. An empty field
+``BEGIN`` is the name, ``malloc:entry`` is function and name. dtrace's
+``-P``, ``-m`` and ``-f`` align them on another field instead (``-m
+libc.so.6`` is a module, ``-f pid1:libc.so.6:malloc`` ends at the function),
+which :meth:`ProbeDescription.parse` takes as *last*. An empty field
 matches anything. Fields may use the shell-style globs dtrace's gmatch knows:
 ``*``, ``?``, ``[abc]``, ``[a-z]``, ``[!abc]`` and ``\\`` to quote.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
 from dtproc.d.values import ProbeInfo
+
+
+class ProbeField(enum.IntEnum):
+    """The four fields of a probe description, in order."""
+
+    PROVIDER = 0
+    MODULE = 1
+    FUNCTION = 2
+    NAME = 3
 
 
 class BadProbeDescription(ValueError):
@@ -66,15 +79,21 @@ class ProbeDescription:
     )
 
     @classmethod
-    def parse(cls, text: str) -> ProbeDescription:
+    def parse(cls, text: str, last: ProbeField = ProbeField.NAME) -> ProbeDescription:
+        """Parse *text*, its last part naming field *last* and the others those before it."""
         parts = text.split(":")
-        if len(parts) > 4:
+        if len(parts) > last + 1:
             raise BadProbeDescription(
                 f'invalid probe description "{text}": Overspecified probe description'
             )
-        fields = [""] * (4 - len(parts)) + parts
+        fields = [""] * (last + 1 - len(parts)) + parts + [""] * (3 - last)
         regexes = tuple(_glob_regex(f) if f and is_glob(f) else None for f in fields)
         return cls(fields[0], fields[1], fields[2], fields[3], regexes)
+
+    @classmethod
+    def of_probe(cls, probe: ProbeInfo) -> ProbeDescription:
+        """The description that names exactly *probe* (a probe id resolved, as dtrace does)."""
+        return cls(probe.provider, probe.module, probe.function, probe.name)
 
     @property
     def fields(self) -> tuple[str, str, str, str]:

@@ -1,21 +1,27 @@
 """Compiling a D program: the entry point, options, and what each clause needs.
 
 :func:`compile_program` parses, checks and compiles a program once; the
-result is immutable and can drive several runtimes. Each :class:`Clause`
-carries its probe descriptions (after macro expansion), its compiled
-predicate and body, and :class:`ClauseNeeds`: which arguments and builtins it
-reads, whether it keeps per-thread or global state, reads target memory,
-takes stacks, produces output per hit or is a *pure count* (only ``count()``
-aggregations keyed by probe constants), so the probe layer can pick the
-cheapest way to catch its hits: a pure-count clause needs no per-hit samples
-at all, only a hit counter per probe (see :meth:`Runtime.add_counts`).
+result is immutable and can drive several runtimes. :func:`compile_units`
+compiles several texts into one program as dtrace compiles its command-line
+programs: each parsed by its own rules, with errors pointing into it, all
+sharing names, options and one clause order (:mod:`dtproc.d.sources` gives
+them dtrace's command-line meaning).
+
+Each :class:`Clause` carries its probe descriptions (after macro expansion),
+its compiled predicate and body, and :class:`ClauseNeeds`: which arguments and
+builtins it reads, whether it keeps per-thread or global state, reads target
+memory, takes stacks, produces output per hit or is a *pure count* (only
+``count()`` aggregations keyed by probe constants), so the probe layer can
+pick the cheapest way to catch its hits: a pure-count clause needs no per-hit
+samples at all, only a hit counter per probe (see :meth:`Runtime.add_counts`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -30,7 +36,7 @@ from dtproc.d.checker import (
 from dtproc.d.compiler import Compiler, Ev, KeyFn, Run, State, zero_of
 from dtproc.d.errors import DCompileError, Pos
 from dtproc.d.parser import parse
-from dtproc.d.probedesc import BadProbeDescription, ProbeDescription
+from dtproc.d.probedesc import BadProbeDescription, ProbeDescription, ProbeField
 from dtproc.d.values import BEGIN_PROBE, END_PROBE, ERROR_PROBE, ProbeInfo
 
 # Every option name dtrace accepts; values are kept as given.
@@ -159,7 +165,8 @@ class Clause:
     needs: ClauseNeeds
     records: bool  # statements may produce records for the output
     no_actions: bool  # empty body: dtrace traces its default record
-    pos: Pos
+    pos: Pos  # in the text the clause came from
+    description_pos: tuple[Pos, ...] = ()  # of each description, in that text
 
     def matches(self, probe: ProbeInfo) -> bool:
         return any(d.matches_probe(probe) for d in self.descriptions)
@@ -214,6 +221,41 @@ class Program:
         )
 
 
+ProbeLookup = Callable[[int], ProbeInfo | None]
+"""Resolves a probe id used as a description (``dtrace -i 42``) to its probe."""
+
+Locator = Callable[[int, DCompileError], DCompileError]
+"""Turns an error in unit *i* into the one to raise (with dtrace's heading for it)."""
+
+_DTRACE_PROBES = {p.id: p for p in (BEGIN_PROBE, END_PROBE, ERROR_PROBE)}
+_MAX_PROBE_ID = (1 << 32) - 1
+_FIELD_PLURALS = ("providers", "modules", "functions")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One separately compiled text: a whole program, a ``-n``-style argument or a script.
+
+    dtrace compiles each command-line program on its own (errors point into
+    it, its probe descriptions follow its option's rules) but into one
+    consumer (names, types and aggregations are shared, and clauses run in
+    program order across all of them); :func:`compile_units` does the same.
+    """
+
+    text: str
+    last: ProbeField = ProbeField.NAME  # the field a description's last part names
+    pspec: bool = False  # dtrace's DTRACE_C_PSPEC: a -n/-P/-m/-f/-i argument
+    from_file: bool = False  # a script: each description needs a predicate or actions
+    macros: Mapping[str, str | int] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    unit: Unit
+    tree: ast.ProgramAst
+    descriptions: tuple[tuple[ProbeDescription, ...], ...]  # per clause, in order
+
+
 def compile_program(
     text: str,
     *,
@@ -228,39 +270,125 @@ def compile_program(
     before the program's own ``#pragma D option`` lines (``{"quiet": None}``).
     Raises :class:`~dtproc.d.errors.DCompileError`.
     """
-    macros = {**_tracer_macros(), **(macros or {})}
-    tree = parse(text, macros)
-    opts = _options(text, tree, options or {})
+    program, _ = compile_units((Unit(text),), macros=macros, options=options)
+    return program
+
+
+def compile_units(
+    units: Sequence[Unit],
+    *,
+    macros: Mapping[str, str | int] | None = None,
+    options: Mapping[str, str | None] | None = None,
+    probe_by_id: ProbeLookup | None = None,
+    locate: Locator | None = None,
+) -> tuple[Program, tuple[range, ...]]:
+    """Compile several texts into one program; returns it and each unit's clause indexes.
+
+    *macros* and *options* are :func:`compile_program`'s, for all units; the
+    ``#pragma D option`` lines of every unit apply to the whole program.
+    *probe_by_id* resolves probe ids written as descriptions (by default only
+    BEGIN's, END's and ERROR's are known). An error in unit *i* is raised as
+    ``locate(i, error)`` (as it is, without *locate*).
+    """
+    base = {**_tracer_macros(), **(macros or {})}
+    lookup = probe_by_id or _DTRACE_PROBES.get
+    values = _given_options(options or {})
+    parsed: list[_Parsed] = []
+    for i, unit in enumerate(units):
+        with _in_unit(i, locate):
+            parsed.append(_parse_unit(unit, base, lookup))
+            for pragma in parsed[-1].tree.pragmas:
+                _apply_pragma(unit.text, values, pragma)
+    opts = Options(MappingProxyType(values))
     checker = Checker(
-        text,
-        strsize=opts.strsize,
-        ustackframes=opts.ustackframes,
-        target_defined="target" in macros,
+        strsize=opts.strsize, ustackframes=opts.ustackframes, target_defined="target" in base
     )
-    checked = checker.check(tree)
+    checked: list[tuple[CheckedClause, ...]] = []
+    for i, p in enumerate(parsed):
+        with _in_unit(i, locate):
+            checked.append(checker.check(p.unit.text, p.tree))
+    return _assemble(parsed, checked, checker, opts)
+
+
+@contextlib.contextmanager
+def _in_unit(index: int, locate: Locator | None) -> Iterator[None]:
+    try:
+        yield
+    except DCompileError as exc:
+        if locate is None:
+            raise
+        raise locate(index, exc) from None
+
+
+def _parse_unit(unit: Unit, macros: Mapping[str, str | int], lookup: ProbeLookup) -> _Parsed:
+    tree = parse(unit.text, {**macros, **unit.macros}, pspec=unit.pspec, from_file=unit.from_file)
+    descriptions = tuple(
+        tuple(_description(spec, unit, lookup) for spec in item.specs)
+        for item in tree.items
+        if isinstance(item, ast.Clause)
+    )
+    return _Parsed(unit, tree, descriptions)
+
+
+def _description(spec: ast.ProbeSpec, unit: Unit, lookup: ProbeLookup) -> ProbeDescription:
+    """A clause's probe description, by the unit's rules; a probe id is resolved now, as
+    dtrace resolves it."""
+    if spec.probe_id is None:
+        try:
+            return ProbeDescription.parse(spec.text, unit.last)
+        except BadProbeDescription as exc:
+            raise DCompileError(str(exc), spec.pos, unit.text) from None
+    probe_id = spec.probe_id
+    if probe_id > _MAX_PROBE_ID:
+        problem = f"identifier {probe_id} exceeds maximum probe id"
+    elif unit.last is not ProbeField.NAME:
+        problem = (
+            f"probe identifier {probe_id} not permitted when specifying {_FIELD_PLURALS[unit.last]}"
+        )
+    else:
+        probe = lookup(probe_id)
+        if probe is not None:
+            return ProbeDescription.of_probe(probe)
+        problem = f"invalid probe identifier {probe_id}: Unknown probe identifier"
+    raise DCompileError(problem, spec.pos, unit.text)
+
+
+def _assemble(
+    parsed: Sequence[_Parsed],
+    checked: Sequence[tuple[CheckedClause, ...]],
+    checker: Checker,
+    opts: Options,
+) -> tuple[Program, tuple[range, ...]]:
+    """Compile the checked clauses of every unit, numbered in program order."""
     compiler = Compiler(opts.strsize)
     clauses: list[Clause] = []
     counters: dict[int, tuple[tuple[int, KeyFn], ...]] = {}
-    items = [i for i in tree.items if isinstance(i, ast.Clause)]
-    for index, (item, cc) in enumerate(zip(items, checked.clauses, strict=True)):
-        clause = _build_clause(index, item, cc, compiler, text)
-        clauses.append(clause)
-        if clause.needs.pure_count:
-            counters[index] = tuple(
-                (st.agg.slot, compiler.key(st.keys))
-                for st in cc.body
-                if isinstance(st, ir.AggUpdate)
-            )
-    return Program(
-        source=text,
+    spans: list[range] = []
+    for p, unit_clauses in zip(parsed, checked, strict=True):
+        start = len(clauses)
+        items = [i for i in p.tree.items if isinstance(i, ast.Clause)]
+        for item, descs, cc in zip(items, p.descriptions, unit_clauses, strict=True):
+            clause = _build_clause(len(clauses), item, descs, cc, compiler)
+            clauses.append(clause)
+            if clause.needs.pure_count:
+                counters[clause.index] = tuple(
+                    (st.agg.slot, compiler.key(st.keys))
+                    for st in cc.body
+                    if isinstance(st, ir.AggUpdate)
+                )
+        spans.append(range(start, len(clauses)))
+    totals = checker.result()
+    program = Program(
+        source="\n".join(p.unit.text for p in parsed),
         clauses=tuple(clauses),
         options=opts,
-        aggregations=checked.aggs,
-        global_defaults=_defaults(checker.t.globals.values(), checked.n_global_scalars),
-        n_global_arrays=checked.n_global_arrays,
-        this_defaults=_defaults(checker.t.this_vars.values(), checked.n_this),
+        aggregations=totals.aggs,
+        global_defaults=_defaults(checker.t.globals.values(), totals.n_global_scalars),
+        n_global_arrays=totals.n_global_arrays,
+        this_defaults=_defaults(checker.t.this_vars.values(), totals.n_this),
         counters=MappingProxyType(counters),
     )
+    return program, tuple(spans)
 
 
 def _tracer_macros() -> dict[str, str | int]:
@@ -286,16 +414,19 @@ def _defaults(variables: Iterable[Variable], n: int) -> tuple[object, ...]:
     return tuple(values)
 
 
-def _options(text: str, tree: ast.ProgramAst, given: Mapping[str, str | None]) -> Options:
+def option_problem(name: str, value: str | None) -> str | None:
+    """dtrace's complaint about a ``-x name[=value]`` option, or None if it is valid."""
+    return _set_option({}, name, value)
+
+
+def _given_options(given: Mapping[str, str | None]) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in given.items():
         problem = _set_option(values, name, value)
         if problem is not None:
             shown = f"'{name}'" if value is None else f"'{name}' to '{value}'"
             raise DCompileError(f"failed to set option {shown}: {problem}")
-    for pragma in tree.pragmas:
-        _apply_pragma(text, values, pragma)
-    return Options(MappingProxyType(values))
+    return values
 
 
 def _apply_pragma(text: str, values: dict[str, str], pragma: ast.Pragma) -> None:
@@ -326,24 +457,23 @@ def _apply_pragma(text: str, values: dict[str, str], pragma: ast.Pragma) -> None
 
 
 def _build_clause(
-    index: int, item: ast.Clause, cc: CheckedClause, compiler: Compiler, text: str
+    index: int,
+    item: ast.Clause,
+    descriptions: tuple[ProbeDescription, ...],
+    cc: CheckedClause,
+    compiler: Compiler,
 ) -> Clause:
-    descriptions: list[ProbeDescription] = []
-    for spec in item.specs:
-        try:
-            descriptions.append(ProbeDescription.parse(spec.text))
-        except BadProbeDescription as exc:
-            raise DCompileError(str(exc), spec.pos, text) from None
     pred = compiler.expr(cc.predicate) if cc.predicate is not None else None
     return Clause(
         index=index,
-        descriptions=tuple(descriptions),
+        descriptions=descriptions,
         predicate=pred,
         body=compiler.stmts(cc.body),
         needs=_needs(cc),
         records=cc.needs.output,
         no_actions=cc.no_actions,
         pos=item.pos,
+        description_pos=tuple(spec.pos for spec in item.specs),
     )
 
 

@@ -170,4 +170,3 @@ def sdt_address(spec: SdtArg, regs: UserRegs) -> int:
         base = regs.rip
     index = getattr(regs, spec.index) * spec.scale if spec.index else 0
     return (base + index + spec.displacement) & _U64
-

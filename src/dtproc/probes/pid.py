@@ -22,7 +22,7 @@ from dtproc.elf import ElfSymbol, SymbolType
 from dtproc.errors import DtprocError, ProbeError
 from dtproc.ifunc import IfuncResolver
 from dtproc.insn import ReturnKind, instruction_boundaries, return_sites
-from dtproc.modules import VDSO, Module, ModuleMap
+from dtproc.modules import VDSO, Module, ModuleMap, canonical_name
 from dtproc.probes.sites import ProbeIds, ProbeKind, ProbeSite, ReturnHow
 
 ReadMemory = Callable[[int, int], bytes]
@@ -109,10 +109,12 @@ class PidProvider:
     ) -> _Function | None:
         if not sym.is_function or sym.value == 0:
             return None
+        table = module.symbols
+        name = canonical_name(table, sym) if table is not None else sym.name
         if sym.type is not SymbolType.IFUNC:
             if sym.size <= 0:
                 return None
-            return _Function(module, sym.name, sym.value + module.bias, sym.size, module)
+            return _Function(module, name, sym.value + module.bias, sym.size, module)
         target = resolver.resolve(module.symbol(sym))
         if target is None:
             return None  # not bound yet: probing the resolver would fire once, wrongly
@@ -121,7 +123,7 @@ class PidProvider:
         found = table.at(target.address - impl.bias) if impl is not None and table else None
         if impl is None or found is None or found[1] != 0 or found[0].size <= 0:
             return None
-        return _Function(module, sym.name, target.address, found[0].size, impl)
+        return _Function(module, name, target.address, found[0].size, impl)
 
     def _sites_of(self, desc: ProbeDescription, fn: _Function) -> list[ProbeSite]:
         name = desc.name
@@ -198,7 +200,7 @@ class PidProvider:
         branch_target: int | None = None,
     ) -> ProbeSite:
         provider = provider_name(self.pid)
-        module = fn.module.name
+        module = fn.module.object_name
         info = ProbeInfo(
             self._ids.id_for(provider, module, fn.name, name), provider, module, fn.name, name
         )

@@ -142,4 +142,3 @@ def _no_write(address: int, data: bytes) -> None:
 
 def _no_read(address: int, size: int) -> bytes:
     raise DtprocError("a conditional branch does not read memory")
-

@@ -17,7 +17,7 @@ import re
 import shlex
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -32,6 +32,7 @@ from dtproc.probes.ptrace_backend import PtraceBackend
 from dtproc.probes.sites import ProbeIds, ProbeSite
 from dtproc.rendezvous import StopPoint
 from dtproc.rtld import ModulesChanged
+from dtproc.ustack import Symbolizer
 
 _PID_PROVIDER = re.compile(r"pid([0-9]+)\Z")
 _WAKE = 0.25
@@ -106,6 +107,7 @@ class Session:
         self.interrupted = 0
         self._backend: Backend = PtraceBackend(self._fire)
         self._closed = False
+        self._unmatched: Callable[[int, ProbeDescription], DtprocError] | None = None
 
     # ------------------------------------------------------------------ processes
     @property
@@ -134,10 +136,20 @@ class Session:
         return w
 
     # ------------------------------------------------------------------ the program
-    def use(self, program: Program, sources: Sequence[SourceMatches]) -> None:
-        """The compiled program to run, and which clauses each command-line source made."""
+    def use(
+        self,
+        program: Program,
+        sources: Sequence[SourceMatches],
+        unmatched: Callable[[int, ProbeDescription], DtprocError] | None = None,
+    ) -> None:
+        """The compiled program to run, and which clauses each command-line source made.
+
+        *unmatched(clause, description)* words the error for a description that
+        matches nothing (the compiler knows where it came from).
+        """
         self.program = program
         self._sources = list(sources)
+        self._unmatched = unmatched
         self.runtime = Runtime(
             program,
             self.out,
@@ -151,9 +163,13 @@ class Session:
         if w is None:
             return f"0x{pc:x}"
         try:
-            return w.proc.symbolize(pc)
-        except DtprocError:
+            with w.proc.lock():
+                modules = w.proc.tracee.modules
+                if modules.module_at(pc) is None:
+                    modules = w.proc.tracee.refresh_modules()
+        except (DtprocError, OSError):
             return f"0x{pc:x}"
+        return Symbolizer.of(modules).frame(pc).text
 
     # ------------------------------------------------------------------ matching
     def enable(self) -> list[SourceMatches]:
@@ -162,6 +178,9 @@ class Session:
         by_clause = {c: src for src in self._sources for c in src.clauses}
         for clause in program.clauses:
             if clause.is_begin or clause.is_end or clause.is_error:
+                src = by_clause.get(clause.index)
+                if src is not None:
+                    src.matched += len(clause.descriptions)  # dtrace's own probes: one each
                 continue
             for desc in clause.descriptions:
                 self._described.append(_Described(clause.index, desc, by_clause.get(clause.index)))
@@ -186,6 +205,11 @@ class Session:
                 for site in self._sites_for(w, desc, w.proc.modules, None):
                     found.setdefault(site.info.id, site)
         return [found[k] for k in sorted(found)]
+
+    @property
+    def pending(self) -> int:
+        """Descriptions that matched nothing yet but may match when a library loads."""
+        return sum(1 for d in self._described if d.pending and not d.sites)
 
     def _grab_named_processes(self) -> None:
         """``pid1234:::`` names a process: grab it, as dtrace does, if we do not have it."""
@@ -229,11 +253,13 @@ class Session:
             if d.sites or self.options.zero_ok:
                 continue
             if d.pending:
-                self._notice(
+                self.notice(
                     f"description '{d.desc}' matched 0 probes for now; "
                     f"it will be enabled when module '{d.desc.module}' loads"
                 )
                 continue
+            if self._unmatched is not None:
+                raise self._unmatched(d.clause, d.desc)
             text = d.source.name if d.source is not None else str(d.desc)
             raise ProbeError(
                 f"invalid probe specifier {text}: probe description {d.desc} "
@@ -298,13 +324,13 @@ class Session:
         if w is not None:
             w.ended = True
         if note.kind is NotificationKind.LOST:
-            self._notice(f"pid {note.pid} exec'd a set-id or unobservable program")
+            self.notice(f"pid {note.pid} exec'd a set-id or unobservable program")
         elif note.kind is NotificationKind.KILLED:
-            self._notice(f"pid {note.pid} terminated by {signal_name(note.status)}")
+            self.notice(f"pid {note.pid} terminated by {signal_name(note.status)}")
         elif note.status:
-            self._notice(f"pid {note.pid} exited with status {note.status}")
+            self.notice(f"pid {note.pid} exited with status {note.status}")
         else:
-            self._notice(f"pid {note.pid} has exited")
+            self.notice(f"pid {note.pid} has exited")
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM: stop tracing (twice: do not even print the aggregations)."""
@@ -349,8 +375,10 @@ class Session:
             self.close()
 
     # ------------------------------------------------------------------ helpers
-    def _notice(self, message: str) -> None:
+    def notice(self, message: str) -> None:
+        """dtrace's notice(): a line on stderr, unless quiet."""
         if not self.options.quiet and not self._program_quiet():
+            self.out.flush()
             print(f"{self.options.program_name}: {message}", file=self.err, flush=True)
 
     def _program_quiet(self) -> bool:

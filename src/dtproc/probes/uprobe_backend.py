@@ -1,0 +1,713 @@
+"""The uprobe backend: probe sites as kernel uprobes; the target never stops for a hit.
+
+A ptrace breakpoint stops the thread, switches to the tracer and back for every
+hit. A uprobe does not: the kernel plants the int3, steps over the displaced
+instruction itself and either bumps a counter or writes a sample (registers and
+a copy of the top of the user stack) into a ring the tracer drains later. So a
+clause can run here when everything it reads is in such a sample -- see
+:func:`uprobe_eligible` -- and then:
+
+* **counting**: a placement whose clauses are all pure ``count()``s
+  (:attr:`ClauseNeeds.pure_count`) gets a kernel counter and no samples; the
+  totals reach the runtime through ``add_counts`` at :meth:`UprobeBackend.disable`
+  (or just before a sampled clause that may print or call ``exit()`` runs, so
+  that ``printa`` and ``exit`` see the counts so far);
+* **sampling**: any other eligible placement gets samples, which a drain thread
+  turns into contexts (:mod:`dtproc.probes.samples`) and fires in time order
+  (each thread's hits in the order they happened, so ``self->`` works).
+
+Events are per thread (:attr:`dtproc.uprobes.Scope.THREAD`): the mechanism's
+inherited events lose hits and cost ~90 ms per thread created on this kernel
+(see :mod:`dtproc.uprobes`). Every thread gets its events before it runs its
+first instruction: the existing ones when a placement is enabled, new ones from
+the tracee's new-thread hook, both in the process's control thread. A thread
+that exits leaves its counter's value behind (read, then closed) and its ring
+hung up (drained, then closed).
+
+Return probes are plain uprobes at each ``ret`` and tail-call jump the pid
+provider found, not uretprobes: ``arg0`` stays the offset of the returning
+instruction, tail calls return for their function, and a conditional tail call
+counts as a return only when its branch is taken (decided from the sampled flags,
+so such sites are always sampled). A USDT semaphore is raised by the kernel
+(``ref_ctr_offset``) while the probe is armed.
+
+Samples can be lost when the drain thread falls behind (a full ring): they are
+counted from the kernel's LOST records and reported through ``report_drops``,
+as dtrace reports buffer drops.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeVar
+
+from dtproc import insn
+from dtproc._sys import perf
+from dtproc.control import Process
+from dtproc.d import ClauseNeeds, ProbeInfo
+from dtproc.errors import DtprocError, NoSuchProcess, ProbeError
+from dtproc.modules import Module
+from dtproc.probes.backend import Fire, Placement
+from dtproc.probes.context import ProcessFacts
+from dtproc.probes.samples import (
+    ProcessImage,
+    SampleData,
+    SampleHit,
+    branch_plan,
+    branch_taken,
+    sample_stack_bytes,
+    wall_offset,
+)
+from dtproc.probes.sites import ProbeKind, ProbeSite, ReturnHow
+from dtproc.sdt import SdtArgKind
+from dtproc.tracee import Tracee
+from dtproc.uprobes import (
+    UPROBE_PMU,
+    SampleOptions,
+    SampleRing,
+    Scope,
+    UprobeCounter,
+    UprobeSample,
+    UprobeSpec,
+)
+
+__all__ = [
+    "AddCounts",
+    "ReportDrops",
+    "UprobeBackend",
+    "UprobeOptions",
+    "uprobe_eligible",
+    "uprobes_available",
+]
+
+AddCounts = Callable[[int, ProbeInfo, int], None]
+ReportDrops = Callable[[int], None]
+Warn = Callable[[str], None]
+
+_FOREVER: Final = 1 << 63
+_CAP_SYS_ADMIN: Final = 21
+_CAP_PERFMON: Final = 38
+_SAMPLES_PER_RING: Final = 64  # a ring with stack copies holds at least this many samples
+_SAMPLE_OVERHEAD: Final = 512  # header, ids, time and registers of one sample, rounded up
+_STACK_BASES: Final = frozenset({"rsp", "rbp"})
+_T = TypeVar("_T")
+
+
+# ----------------------------------------------------------------------------- eligibility
+
+
+def uprobe_eligible(needs: ClauseNeeds, site: ProbeSite | None = None) -> tuple[bool, str]:
+    """Whether a clause can run from a uprobe sample at *site*, and why (for ``-v``/``-l``).
+
+    Registers, the time, the thread, a copy of the stack (for ``ustack()`` and
+    stack arguments) and per-process facts are in a sample; the target's memory
+    as it was at the hit is not, so ``copyin``/``copyinstr``/dereferences and
+    USDT arguments held in memory outside the probing frame need ptrace.
+    """
+    if needs.memory:
+        return False, "needs the target's memory at the hit (copyin, copyinstr, a dereference)"
+    if site is not None and site.kind is ProbeKind.USDT:
+        for i in sorted(needs.args):
+            if i >= len(site.usdt_args):
+                continue
+            arg = site.usdt_args[i]
+            if arg.kind is SdtArgKind.MEMORY and arg.register not in _STACK_BASES:
+                operand = arg.text or "a memory operand"
+                return False, f"arg{i} of {site} is in the target's memory at the hit ({operand})"
+    return True, "everything it reads is in a uprobe sample (registers, stack copy, time)"
+
+
+def uprobes_available() -> tuple[bool, str]:
+    """Whether this process may use the uprobe PMU here, and if not, what is missing.
+
+    Opening a uprobe event needs CAP_PERFMON (or CAP_SYS_ADMIN, or root) whatever
+    ``kernel.perf_event_paranoid`` says; that is checked without opening one.
+    """
+    if not os.path.isdir(f"{perf.PMU_ROOT}/{UPROBE_PMU}"):
+        return False, (
+            f"this kernel has no uprobe PMU ({perf.PMU_ROOT}/{UPROBE_PMU} is missing; "
+            "it needs CONFIG_UPROBE_EVENTS, Linux 4.17 or later)"
+        )
+    if os.geteuid() == 0 or _capable(_CAP_PERFMON) or _capable(_CAP_SYS_ADMIN):
+        return True, "the uprobe PMU is there and this process may open its events"
+    return False, (
+        f"opening uprobes needs root, CAP_PERFMON or CAP_SYS_ADMIN "
+        f"(kernel.perf_event_paranoid is {_paranoid()}, which does not matter for uprobes)"
+    )
+
+
+def _capable(cap: int) -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> cap & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _paranoid() -> str:
+    try:
+        with open("/proc/sys/kernel/perf_event_paranoid") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True)
+class UprobeOptions:
+    """Buffering and draining of samples.
+
+    Each thread has a ring of at least *ring_bytes* per group of probes (more
+    when stacks are copied: room for 64 samples). The drain thread looks at the
+    rings every *drain_interval* seconds while samples come, backing off to
+    *idle_interval* when none do.
+    """
+
+    ring_bytes: int = 1 << 20
+    drain_interval: float = 0.005
+    idle_interval: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.ring_bytes < perf.PAGE_SIZE:
+            raise ValueError(f"ring_bytes must be at least a page: {self.ring_bytes}")
+        if not 0 < self.drain_interval <= self.idle_interval:
+            raise ValueError("need 0 < drain_interval <= idle_interval")
+
+    def sampling(self, stack_bytes: int) -> SampleOptions:
+        """The ring options for events that copy *stack_bytes* of stack per hit."""
+        size = self.ring_bytes
+        if stack_bytes:
+            size = max(size, _SAMPLES_PER_RING * (stack_bytes + _SAMPLE_OVERHEAD))
+        pages = 1
+        while pages * perf.PAGE_SIZE < size:
+            pages *= 2
+        return SampleOptions(stack_bytes=stack_bytes, ring_pages=pages)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass(eq=False, slots=True)
+class _Counted:
+    """A placement served by its probe's kernel counters."""
+
+    placement: Placement
+    baseline: int  # the probe's count when the placement was enabled
+    delivered: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class _Sampled:
+    """A placement fired from samples taken at or after *since* (CLOCK_MONOTONIC ns)."""
+
+    placement: Placement
+    since: int
+    branch: insn.Emulated | None  # conditional tail calls: how to tell if the branch is taken
+
+
+@dataclass(eq=False, slots=True)
+class _Window:
+    """Which samples of one sampler set a probe takes: [start, end) on the sample clock."""
+
+    start: int = 0
+    end: int = _FOREVER
+
+
+@dataclass(eq=False)
+class _Probe:
+    """One uprobe (file and offset) in one process, and the placements it serves."""
+
+    spec: UprobeSpec
+    address: int
+    counted: tuple[_Counted, ...] = ()
+    sampled: tuple[_Sampled, ...] = ()
+    counters: dict[int, UprobeCounter] | None = None  # by thread; None until counting
+    closed_hits: int = 0  # hits counted by counters closed since (exited threads)
+    stack_bytes: int = -1  # stack copied by the sampling event serving it; -1: none
+    windows: dict[int, _Window] = field(default_factory=dict)  # by sampler set id
+
+    def total(self) -> int:
+        """Hits counted so far, by every thread that ever had a counter."""
+        live = self.counters.values() if self.counters is not None else ()
+        return self.closed_hits + sum(c.read() for c in live)
+
+    def close_counter(self, tid: int) -> None:
+        assert self.counters is not None
+        counter = self.counters.pop(tid)
+        self.closed_hits += counter.read()
+        counter.close()
+
+    def retire(self, now: int) -> None:
+        """Stop serving: no more samples taken after *now*, counters read and closed."""
+        for window in self.windows.values():
+            window.end = min(window.end, now)
+        if self.counters is not None:
+            for tid in list(self.counters):
+                self.close_counter(tid)
+
+    def pending_counts(self) -> list[tuple[int, ProbeInfo, int]]:
+        """(clause, probe, hits) not delivered yet, and mark them delivered."""
+        if not self.counted:
+            return []
+        total = self.total()
+        out: list[tuple[int, ProbeInfo, int]] = []
+        for c in self.counted:
+            n = total - c.baseline - c.delivered
+            if n > 0:
+                c.delivered += n
+                out.extend((clause, c.placement.site.info, n) for clause in c.placement.clauses)
+        return out
+
+
+@dataclass(eq=False, slots=True)
+class _Ring:
+    """The ring of one thread (a thread id may come back later for another thread)."""
+
+    tid: int
+    ring: SampleRing
+    reported_lost: int = 0
+
+
+@dataclass(eq=False)
+class _SamplerSet:
+    """Sampling events for some probes, one ring per thread, opened together."""
+
+    id: int
+    image: ProcessImage
+    options: SampleOptions
+    probes: dict[UprobeSpec, _Probe]
+    rings: list[_Ring] = field(default_factory=list)
+    retired: bool = False  # its process exec'd: drain once more, then close
+
+    def open_ring(self, tid: int) -> _Ring:
+        ring = SampleRing.open(list(self.probes), tid, Scope.THREAD, self.options)
+        self.rings.append(entry := _Ring(tid, ring))
+        return entry
+
+
+@dataclass(eq=False)
+class _ProcState:
+    proc: Process
+    hook: Callable[[Tracee, int], None] | None = None
+    image: ProcessImage | None = None
+    probes: dict[UprobeSpec, _Probe] = field(default_factory=dict)
+    samplers: list[_SamplerSet] = field(default_factory=list)
+    retired: list[_Probe] = field(default_factory=list)  # forgotten, counts still to deliver
+    images: list[ProcessImage] = field(default_factory=list)
+    closed: bool = False
+
+    def all_probes(self) -> Iterable[_Probe]:
+        yield from self.retired
+        yield from self.probes.values()
+
+
+@dataclass
+class _Plan:
+    """What one enable call will open, worked out before anything is opened."""
+
+    new: dict[UprobeSpec, _Probe] = field(default_factory=dict)
+    counted: list[tuple[_Probe, Placement]] = field(default_factory=list)
+    sampled: list[tuple[_Probe, Placement]] = field(default_factory=list)
+    to_count: list[_Probe] = field(default_factory=list)
+    stack_wanted: dict[_Probe, int] = field(default_factory=dict)
+
+    def to_sample(self) -> dict[int, list[_Probe]]:
+        """Probes that need a (new) sampling event, by the stack copy it must take."""
+        groups: dict[int, list[_Probe]] = {}
+        for probe, stack in self.stack_wanted.items():
+            if stack > probe.stack_bytes:
+                groups.setdefault(stack, []).append(probe)
+        return groups
+
+
+@dataclass
+class _Opened:
+    """Events opened by one enable call; closed again if the call fails."""
+
+    counters: list[tuple[_Probe, int, UprobeCounter]] = field(default_factory=list)
+    samplers: list[_SamplerSet] = field(default_factory=list)
+
+    def close(self) -> None:
+        for _, _, counter in self.counters:
+            counter.close()
+        for sset in self.samplers:
+            for entry in sset.rings:
+                entry.ring.close()
+
+
+def _spec(site: ProbeSite) -> UprobeSpec:
+    if site.file_offset <= 0:
+        raise ProbeError(f"{site}: no file offset backs 0x{site.address:x}: it cannot be a uprobe")
+    return UprobeSpec(site.path, site.file_offset, ref_ctr_offset=site.semaphore_file_offset)
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"dtproc: {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+class UprobeBackend:
+    """Catches hits with kernel uprobes (see the module docstring).
+
+    *fire* runs clauses on a sampled hit (from the drain thread, or from
+    :meth:`disable`); *add_counts* takes counted hits of pure-count clauses;
+    both must serialize with every other use of the runtime. *needs* gives the
+    :class:`ClauseNeeds` of each clause by index. *report_drops* hears how many
+    samples were lost, *warn* about threads that could not be probed.
+    """
+
+    name = "uprobe"
+
+    def __init__(
+        self,
+        fire: Fire,
+        add_counts: AddCounts,
+        needs: Sequence[ClauseNeeds],
+        *,
+        report_drops: ReportDrops | None = None,
+        warn: Warn = _stderr_warning,
+        options: UprobeOptions | None = None,
+    ) -> None:
+        self._fire = fire
+        self._add_counts = add_counts
+        self._needs = tuple(needs)
+        self._report_drops = report_drops or (lambda n: warn(f"{n} drops"))
+        self._warn = warn
+        self.options = options or UprobeOptions()
+        self._procs: dict[int, _ProcState] = {}
+        self._lock = threading.RLock()  # the state above; held while events are opened
+        self._drain_lock = threading.Lock()  # one drain at a time (thread or disable)
+        self._wake = threading.Event()
+        self._stopping = False
+        self._drainer: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self._next_set = 0
+        self.drops = 0
+
+    # -- the Backend protocol ---------------------------------------------------
+
+    def enable(self, proc: Process, placements: Sequence[Placement]) -> None:
+        if placements:
+            proc.call(lambda t: self._install(t, proc, placements))
+
+    def enable_here(self, proc: Process, placements: Sequence[Placement]) -> None:
+        if placements:
+            self._install(proc.tracee, proc, placements)
+
+    def forget(self, proc: Process, modules: Sequence[Module] | None) -> None:
+        with self._lock:
+            st = self._procs.get(proc.pid)
+            if st is None:
+                return
+            now = time.monotonic_ns()
+            for spec, probe in list(st.probes.items()):
+                if modules is None or any(m.contains(probe.address) for m in modules):
+                    probe.retire(now)
+                    st.retired.append(probe)
+                    del st.probes[spec]
+            if modules is None:  # exec: a new program; old samples keep the old image
+                for sset in st.samplers:
+                    sset.retired = True
+                st.image = None
+        self._wake.set()
+
+    def disable(self, proc: Process) -> None:
+        with self._lock:
+            st = self._procs.pop(proc.pid, None)
+            if st is None:
+                self._raise_failure()
+                return
+            st.closed = True
+        try:
+            proc.call(functools.partial(_remove_hook, hook=st.hook))
+        except DtprocError:
+            pass  # the process is gone, and its hooks with it
+        with self._drain_lock:
+            self._drain([(st, sset) for sset in st.samplers], final=True)
+        with self._lock:
+            counts = [n for probe in st.all_probes() for n in probe.pending_counts()]
+            for probe in st.all_probes():
+                probe.retire(_FOREVER)
+            for image in st.images:
+                image.close()
+        self._deliver(counts)
+        self._raise_failure()
+
+    def close(self) -> None:
+        """Disable every process still enabled and stop the drain thread."""
+        with self._lock:
+            procs = [st.proc for st in self._procs.values()]
+        try:
+            for proc in procs:
+                self.disable(proc)
+        finally:
+            self._stopping = True
+            self._wake.set()
+            if self._drainer is not None:
+                self._drainer.join()
+                self._drainer = None
+        self._raise_failure()
+
+    # -- enabling (in the process's control thread) --------------------------------
+
+    def _install(self, tracee: Tracee, proc: Process, placements: Sequence[Placement]) -> None:
+        for pl in placements:
+            self._check(pl)
+        with self._lock:
+            st = self._state(tracee, proc)
+            image = st.image
+            assert image is not None
+            image.modules = tracee.modules
+            plan = self._plan(st, placements)
+            opened = _Opened()
+            try:
+                self._open(plan, image, tracee.threads, opened)
+            except BaseException:
+                opened.close()
+                raise
+            self._commit(st, plan, opened, image)
+        if opened.samplers:
+            self._start_drainer()
+
+    def _check(self, pl: Placement) -> None:
+        for clause in pl.clauses:
+            ok, why = uprobe_eligible(self._needs[clause], pl.site)
+            if not ok:
+                raise ProbeError(f"clause {clause} at {pl.site} cannot run from a uprobe: {why}")
+
+    def _state(self, tracee: Tracee, proc: Process) -> _ProcState:
+        st = self._procs.get(proc.pid)
+        if st is None:
+            st = _ProcState(proc)
+            st.hook = functools.partial(self._on_new_thread, st)
+            tracee.new_thread_hooks.append(st.hook)
+            self._procs[proc.pid] = st
+        if st.image is None:
+            st.image = ProcessImage(proc.pid, tracee.modules, ProcessFacts(proc.pid))
+            st.images.append(st.image)
+        return st
+
+    def _counting(self, pl: Placement) -> bool:
+        if pl.site.return_how is ReturnHow.COND_TAIL_CALL:
+            return False  # only the sampled flags tell whether it returns
+        return all(self._needs[c].pure_count for c in pl.clauses)
+
+    def _stack_bytes(self, pl: Placement) -> int:
+        needs = [self._needs[c] for c in pl.clauses]
+        args = frozenset(i for n in needs for i in n.args)
+        depth = max(n.ustack_depth for n in needs)
+        return sample_stack_bytes(pl.site, args, depth)
+
+    def _plan(self, st: _ProcState, placements: Sequence[Placement]) -> _Plan:
+        plan = _Plan()
+        for pl in placements:
+            spec = _spec(pl.site)
+            probe = st.probes.get(spec) or plan.new.get(spec)
+            if probe is None:
+                probe = plan.new[spec] = _Probe(spec, pl.site.address)
+            if self._counting(pl):
+                plan.counted.append((probe, pl))
+                if probe.counters is None and probe not in plan.to_count:
+                    plan.to_count.append(probe)
+            else:
+                plan.sampled.append((probe, pl))
+                wanted = max(plan.stack_wanted.get(probe, -1), self._stack_bytes(pl))
+                plan.stack_wanted[probe] = wanted
+        return plan
+
+    def _open(self, plan: _Plan, image: ProcessImage, tids: Sequence[int], opened: _Opened) -> None:
+        for probe in plan.to_count:
+            for tid in tids:
+                counter = _open_for_thread(functools.partial(_counter, probe.spec), tid)
+                if counter is not None:
+                    opened.counters.append((probe, tid, counter))
+        for stack, probes in plan.to_sample().items():
+            sset = _SamplerSet(
+                self._next_set, image, self.options.sampling(stack), {p.spec: p for p in probes}
+            )
+            self._next_set += 1
+            opened.samplers.append(sset)
+            for tid in tids:
+                _open_for_thread(sset.open_ring, tid)
+
+    def _commit(self, st: _ProcState, plan: _Plan, opened: _Opened, image: ProcessImage) -> None:
+        st.probes.update(plan.new)
+        for probe in plan.to_count:
+            probe.counters = {}
+        for probe, tid, counter in opened.counters:
+            assert probe.counters is not None
+            probe.counters[tid] = counter
+        switched = time.monotonic_ns()
+        for sset in opened.samplers:
+            stack = sset.options.stack_bytes
+            for probe in sset.probes.values():
+                # Both events fire until the old one closes: each takes one side of the switch.
+                for window in probe.windows.values():
+                    window.end = min(window.end, switched)
+                probe.windows[sset.id] = _Window(switched if probe.stack_bytes >= 0 else 0)
+                probe.stack_bytes = stack
+        st.samplers.extend(opened.samplers)
+        for probe, pl in plan.counted:
+            probe.counted += (_Counted(pl, probe.total()),)
+        since = time.monotonic_ns()
+        for probe, pl in plan.sampled:
+            branch = None
+            if pl.site.return_how is ReturnHow.COND_TAIL_CALL:
+                branch = branch_plan(image, pl.site)
+            probe.sampled += (_Sampled(pl, since, branch),)
+
+    def _on_new_thread(self, st: _ProcState, tracee: Tracee, tid: int) -> None:
+        """The tracee's new-thread hook: *tid* is stopped before its first instruction."""
+        with self._lock:
+            if st.closed:
+                return
+            self._close_exited(st, set(tracee.threads))
+            try:
+                self._open_thread(st, tid)
+            except DtprocError as exc:
+                self._warn(f"pid {st.proc.pid}: thread {tid} is not traced: {exc}")
+
+    def _open_thread(self, st: _ProcState, tid: int) -> None:
+        for probe in st.probes.values():
+            if probe.counters is not None:
+                if tid in probe.counters:  # an exited thread's id, given to this one
+                    probe.close_counter(tid)
+                counter = _open_for_thread(functools.partial(_counter, probe.spec), tid)
+                if counter is not None:
+                    probe.counters[tid] = counter
+        for sset in st.samplers:
+            if not sset.retired:
+                _open_for_thread(sset.open_ring, tid)
+
+    def _close_exited(self, st: _ProcState, live: set[int]) -> None:
+        """Read and close the counters of threads that have exited (their rings hang up)."""
+        for probe in st.probes.values():
+            if probe.counters is not None:
+                for tid in [t for t in probe.counters if t not in live]:
+                    probe.close_counter(tid)
+
+    # -- draining -------------------------------------------------------------------
+
+    def _start_drainer(self) -> None:
+        with self._lock:
+            if self._drainer is None and not self._stopping:
+                self._drainer = threading.Thread(
+                    target=self._drain_loop, name="dtproc-uprobe-drain", daemon=True
+                )
+                self._drainer.start()
+
+    def _drain_loop(self) -> None:
+        delay = self.options.idle_interval
+        try:
+            while not self._stopping:
+                with self._drain_lock:
+                    with self._lock:
+                        work = [(st, s) for st in self._procs.values() for s in st.samplers]
+                    got = self._drain(work, final=False)
+                if got:
+                    delay = self.options.drain_interval
+                else:
+                    delay = min(delay * 2, self.options.idle_interval)
+                self._wake.wait(delay)
+                self._wake.clear()
+        except Exception as exc:
+            self._failure = exc
+
+    def _drain(self, work: Sequence[tuple[_ProcState, _SamplerSet]], *, final: bool) -> int:
+        """Take what the rings hold, fire it in time order; close rings that are done."""
+        batch: list[tuple[UprobeSample, _SamplerSet]] = []
+        lost = 0
+        for st, sset in work:
+            with self._lock:
+                rings = list(sset.rings)
+            for entry in rings:
+                ring = entry.ring
+                done = final or sset.retired or (ring.wait(0) and ring.hung_up)
+                batch.extend((s, sset) for s in ring.drain() if isinstance(s, UprobeSample))
+                lost += ring.lost - entry.reported_lost
+                entry.reported_lost = ring.lost
+                if done:
+                    with self._lock:
+                        sset.rings.remove(entry)
+                    ring.close()
+            if sset.retired and not sset.rings:
+                with self._lock:
+                    st.samplers.remove(sset)
+        if lost:
+            self.drops += lost
+            self._report_drops(lost)
+        batch.sort(key=lambda item: item[0].time)
+        self._fire_batch(batch)
+        return len(batch)
+
+    def _fire_batch(self, batch: Sequence[tuple[UprobeSample, _SamplerSet]]) -> None:
+        offset = wall_offset()
+        flushed = False
+        for sample, sset in batch:
+            probe = sset.probes.get(sample.spec)
+            window = probe.windows.get(sset.id) if probe is not None else None
+            if probe is None or window is None or not window.start <= sample.time < window.end:
+                continue
+            data = SampleData(sample, sset.image, offset)
+            for s in probe.sampled:
+                site = s.placement.site
+                if sample.time < s.since or (
+                    site.return_how is ReturnHow.COND_TAIL_CALL
+                    and not branch_taken(s.branch, site, data.regs)
+                ):
+                    continue
+                if not flushed and self._may_show_counts(s.placement):
+                    flushed = True
+                    self._flush_counts()
+                self._fire(s.placement.clauses, SampleHit(data, site))
+
+    def _may_show_counts(self, pl: Placement) -> bool:
+        return any(self._needs[c].output or self._needs[c].exit for c in pl.clauses)
+
+    def _flush_counts(self) -> None:
+        """Hand the counts so far to the runtime: a clause about to run may print or exit."""
+        with self._lock:
+            counts = [
+                n for st in self._procs.values() for probe in st.all_probes()
+                for n in probe.pending_counts()
+            ]  # fmt: skip
+        self._deliver(counts)
+
+    def _deliver(self, counts: Iterable[tuple[int, ProbeInfo, int]]) -> None:
+        for clause, info, n in counts:
+            self._add_counts(clause, info, n)
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise DtprocError(f"the uprobe drain thread failed: {failure}") from failure
+
+
+def _open_for_thread(open_one: Callable[[int], _T], tid: int) -> _T | None:
+    """Open an event on one thread; None if the thread is gone (it exited meanwhile)."""
+    try:
+        return open_one(tid)
+    except NoSuchProcess:
+        return None
+
+
+def _counter(spec: UprobeSpec, tid: int) -> UprobeCounter:
+    return UprobeCounter.open(spec, tid, Scope.THREAD)
+
+
+def _remove_hook(tracee: Tracee, hook: Callable[[Tracee, int], None] | None) -> None:
+    if hook in tracee.new_thread_hooks:
+        tracee.new_thread_hooks.remove(hook)
