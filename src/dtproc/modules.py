@@ -278,18 +278,15 @@ def _module(
     start, end = first.start, max(m.end for m in maps)
     if first.path == VDSO:
         try:
-            elf = _vdso(read_memory(first.start, first.end - first.start))
+            vdso = _vdso(read_memory(first.start, first.end - first.start))
         except DtprocError:
             return None
-        return Module(VDSO, VDSO, start, end, first.start - elf.min_vaddr, elf, soname=_soname(elf))
+        bias = first.start - vdso.min_vaddr
+        return Module(VDSO, VDSO, start, end, bias, vdso, soname=_soname(vdso))
     path = first.path.removesuffix(" (deleted)")
-    try:
-        elf = ElfFile.open(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
-    except ElfError:
-        try:
-            elf = ElfFile.open(path)
-        except ElfError:
-            return None
+    elf = _open_mapped(pid, first, path)
+    if elf is None:
+        return None
     anchor = next((m for m in maps if m.offset == 0), None) or next(
         (m for m in maps if m.executable), first
     )
@@ -300,6 +297,30 @@ def _module(
     is_main = path == exe.removesuffix(" (deleted)")
     soname = "" if is_main else _soname(elf)
     return Module(os.path.basename(path), first.path, start, end, bias, elf, is_main, soname)
+
+
+def _open_mapped(pid: int, mapping: procfs.Mapping, path: str) -> ElfFile | None:
+    """The file behind a mapping: by its path when that is the very file (same device
+    and inode), else through /proc/PID/map_files (deleted files, other mount namespaces)."""
+    candidates = [f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"]
+    if not mapping.deleted and _same_file(path, mapping):
+        candidates.insert(0, path)
+    for candidate in candidates:
+        try:
+            return ElfFile.open(candidate)
+        except ElfError:
+            continue
+    return None
+
+
+def _same_file(path: str, mapping: procfs.Mapping) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_ino == mapping.inode and mapping.dev == (
+        f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    )
 
 
 def _soname(elf: ElfFile) -> str:

@@ -60,7 +60,8 @@ _ARG_RE: Final = re.compile(r"(?:(?P<sign>-)?(?P<size>[0-9]+)@)?(?P<operand>\S+)
 _REG_RE: Final = re.compile(r"%(?P<reg>\w+)")
 _IMM_RE: Final = re.compile(rf"\$(?:(?P<int>{_INT})|(?P<sym>{_SYM})(?P<off>[-+]{_NUM})?)")
 _MEM_RE: Final = re.compile(
-    rf"(?:(?P<int>{_INT})|(?P<sym>{_SYM})(?P<off>[-+]{_NUM})?)?"
+    # "8+tbl(%rip)" (gcc 12, PIE), "tbl+8(%rip)", "-16(%rbp)", "tbl(%rip)"
+    rf"(?:(?P<lead>{_INT})\+(?P<leadsym>{_SYM})|(?P<int>{_INT})|(?P<sym>{_SYM})(?P<off>[-+]{_NUM})?)?"
     r"(?:\((?:%(?P<base>\w+))?(?:,%(?P<index>\w+)(?:,(?P<scale>[1248]))?)?\))?"
 )
 
@@ -164,7 +165,7 @@ def parse_arg(text: str) -> SdtArg:
         kind = SdtArgKind.CONSTANT
         return SdtArg(size, signed, kind, constant=value, symbol=match["sym"], text=text)
     match = _MEM_RE.fullmatch(operand)
-    if match is None or not any(match[g] for g in ("int", "sym", "base", "index")):
+    if match is None or not any(match[g] for g in ("int", "sym", "leadsym", "base", "index")):
         raise ValueError(f"cannot parse operand {operand!r} of {text!r}")
     base = _register(match["base"], text) if match["base"] else None
     index = _register(match["index"], text)[0] if match["index"] else None
@@ -173,10 +174,10 @@ def parse_arg(text: str) -> SdtArg:
         signed,
         SdtArgKind.MEMORY,
         register=None if base is None else base[0],
-        displacement=_int(match["int"]) + _int(match["off"]),
+        displacement=_int(match["int"]) + _int(match["off"]) + _int(match["lead"]),
         index=index,
         scale=int(match["scale"] or 1),
-        symbol=match["sym"],
+        symbol=match["sym"] or match["leadsym"],
         register_width=8 if base is None else base[1],
         text=text,
     )

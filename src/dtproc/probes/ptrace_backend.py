@@ -22,6 +22,7 @@ from dtproc.modules import Module
 from dtproc.probes.backend import Fire, Placement
 from dtproc.probes.context import ProcessFacts, PtraceHit
 from dtproc.probes.sites import ProbeSite, ReturnHow
+from dtproc.probes.usdt import SemaphoreHold
 from dtproc.tracee import Tracee
 
 
@@ -37,6 +38,7 @@ class _Entry:
 @dataclass(slots=True)
 class _ProcState:
     facts: ProcessFacts
+    semaphores: SemaphoreHold
     entries: dict[int, _Entry] = field(default_factory=dict)
 
 
@@ -52,7 +54,8 @@ class PtraceBackend:
         with self._lock:
             st = self._procs.get(proc.pid)
             if st is None:
-                st = self._procs[proc.pid] = _ProcState(ProcessFacts(proc.pid))
+                sems = SemaphoreHold(proc.pid, proc.tracee.read, proc.tracee.write)
+                st = self._procs[proc.pid] = _ProcState(ProcessFacts(proc.pid), sems)
             return st
 
     def enable(self, proc: Process, placements: Sequence[Placement]) -> None:
@@ -73,6 +76,8 @@ class PtraceBackend:
                 entry.bp = tracee.add_breakpoint(addr, self._callback(entry, st.facts))
             if pl.site.return_how is ReturnHow.COND_TAIL_CALL and entry.branch is None:
                 entry.branch = _branch_plan(tracee, addr)
+            if pl.site.semaphore and not entry.placements:
+                st.semaphores.acquire(pl.site)  # the program fires the probe only when asked
             entry.placements.append(pl)
 
     def _callback(self, entry: _Entry, facts: ProcessFacts) -> BreakpointCallback:
@@ -92,9 +97,11 @@ class PtraceBackend:
         st = self._state(proc)
         if modules is None:
             st.entries.clear()
+            st.semaphores.forget()
             st.facts.refresh()  # exec: a new program, a new execname
             return
         for mod in modules:
+            st.semaphores.forget(mod.start, mod.end)
             for addr in [a for a in st.entries if mod.contains(a)]:
                 del st.entries[addr]
 
@@ -108,6 +115,7 @@ class PtraceBackend:
         def remove(t: Tracee) -> None:
             for bp in bps:
                 bp.remove()
+            st.semaphores.release_all()  # a program that fired nothing before fires nothing after
 
         try:
             proc.call(remove)

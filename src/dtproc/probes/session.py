@@ -13,6 +13,7 @@ ones are killed, as dtrace does.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shlex
 import sys
@@ -30,11 +31,13 @@ from dtproc.probes.backend import Backend, Placement
 from dtproc.probes.pid import PidProvider, module_may_load_later
 from dtproc.probes.ptrace_backend import PtraceBackend
 from dtproc.probes.sites import ProbeIds, ProbeSite
+from dtproc.probes.usdt import UsdtProvider
 from dtproc.rendezvous import StopPoint
 from dtproc.rtld import ModulesChanged
 from dtproc.ustack import Symbolizer
 
-_PID_PROVIDER = re.compile(r"pid([0-9]+)\Z")
+# A provider with a process id: pid1234, python1234 (dtrace grabs the process it names).
+_PROCESS_PROVIDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*?([0-9]+)\Z")
 _WAKE = 0.25
 
 
@@ -75,6 +78,7 @@ class _Watched:
     proc: Process
     from_command_line: bool
     pid_provider: PidProvider
+    usdt_provider: UsdtProvider
     ended: bool = False
     extras: list[object] = field(default_factory=list)
 
@@ -128,7 +132,12 @@ class Session:
         return proc
 
     def _watch(self, proc: Process, *, from_command_line: bool) -> _Watched:
-        w = _Watched(proc, from_command_line, PidProvider(proc.pid, proc.read, self.ids))
+        w = _Watched(
+            proc,
+            from_command_line,
+            PidProvider(proc.pid, proc.read, self.ids),
+            UsdtProvider(proc.pid, proc.read, self.ids),
+        )
         self._watched[proc.pid] = w
         self._order.append(proc.pid)
         proc.subscribe_modules(functools.partial(self._on_modules, w))
@@ -214,11 +223,11 @@ class Session:
     def _grab_named_processes(self) -> None:
         """``pid1234:::`` names a process: grab it, as dtrace does, if we do not have it."""
         for d in self._described:
-            m = _PID_PROVIDER.match(d.desc.provider)
+            m = _PROCESS_PROVIDER.match(d.desc.provider)
             if m is None:
                 continue
             pid = int(m.group(1))
-            if pid not in self._watched:
+            if pid not in self._watched and os.path.exists(f"/proc/{pid}"):
                 proc = self.tracer.grab(pid)
                 self._watch(proc, from_command_line=False)
 
@@ -246,7 +255,9 @@ class Session:
     def _sites_for(
         self, w: _Watched, desc: ProbeDescription, modules: ModuleMap, only: Sequence[Module] | None
     ) -> list[ProbeSite]:
-        return w.pid_provider.sites(desc, modules, only)
+        sites = w.pid_provider.sites(desc, modules, only)
+        sites += w.usdt_provider.sites(desc, modules, only)
+        return sites
 
     def _check_zero_matches(self) -> None:
         for d in self._described:

@@ -232,29 +232,30 @@ class _Probe:
     address: int
     counted: tuple[_Counted, ...] = ()
     sampled: tuple[_Sampled, ...] = ()
-    counters: dict[int, UprobeCounter] | None = None  # by thread; None until counting
-    closed_hits: int = 0  # hits counted by counters closed since (exited threads)
+    counters: dict[int, UprobeCounter] | None = None  # by live thread; None until counting
+    exited: list[UprobeCounter] = field(default_factory=list)  # kept: they hold their counts
+    frozen: int | None = None  # the count when the probe was retired (exec, unload)
     stack_bytes: int = -1  # stack copied by the sampling event serving it; -1: none
     windows: dict[int, _Window] = field(default_factory=dict)  # by sampler set id
 
     def total(self) -> int:
         """Hits counted so far, by every thread that ever had a counter."""
+        if self.frozen is not None:
+            return self.frozen
         live = self.counters.values() if self.counters is not None else ()
-        return self.closed_hits + sum(c.read() for c in live)
+        return sum(c.read() for c in (*live, *self.exited))
 
-    def close_counter(self, tid: int) -> None:
-        assert self.counters is not None
-        counter = self.counters.pop(tid)
-        self.closed_hits += counter.read()
-        counter.close()
+    def thread_exited(self, tid: int) -> None:
+        """*tid* now names another thread: keep the old thread's counter aside."""
+        if self.counters is not None and tid in self.counters:
+            self.exited.append(self.counters.pop(tid))
 
     def retire(self, now: int) -> None:
-        """Stop serving: no more samples taken after *now*, counters read and closed."""
+        """Stop serving: no samples taken after *now*, no hits counted after this."""
         for window in self.windows.values():
             window.end = min(window.end, now)
-        if self.counters is not None:
-            for tid in list(self.counters):
-                self.close_counter(tid)
+        if self.frozen is None:
+            self.frozen = self.total()
 
     def pending_counts(self) -> list[tuple[int, ProbeInfo, int]]:
         """(clause, probe, hits) not delivered yet, and mark them delivered."""
@@ -269,6 +270,11 @@ class _Probe:
                 out.extend((clause, c.placement.site.info, n) for clause in c.placement.clauses)
         return out
 
+    def close(self) -> None:
+        live = self.counters.values() if self.counters is not None else ()
+        for counter in (*live, *self.exited):
+            counter.close()
+
 
 @dataclass(eq=False, slots=True)
 class _Ring:
@@ -276,7 +282,9 @@ class _Ring:
 
     tid: int
     ring: SampleRing
-    reported_lost: int = 0
+    received: int = 0  # samples taken out of it
+    reported_lost: int = 0  # losses reported so far
+    finished: bool = False  # its thread exited (or tracing ended): drained for good
 
 
 @dataclass(eq=False)
@@ -288,12 +296,16 @@ class _SamplerSet:
     options: SampleOptions
     probes: dict[UprobeSpec, _Probe]
     rings: list[_Ring] = field(default_factory=list)
-    retired: bool = False  # its process exec'd: drain once more, then close
+    retired: bool = False  # its process exec'd: drain once more, then only close
 
     def open_ring(self, tid: int) -> _Ring:
         ring = SampleRing.open(list(self.probes), tid, Scope.THREAD, self.options)
         self.rings.append(entry := _Ring(tid, ring))
         return entry
+
+    def close(self) -> None:
+        for entry in self.rings:
+            entry.ring.close()
 
 
 @dataclass(eq=False)
@@ -310,6 +322,15 @@ class _ProcState:
     def all_probes(self) -> Iterable[_Probe]:
         yield from self.retired
         yield from self.probes.values()
+
+    def close(self) -> None:
+        """Close every event (the kernel takes ~0.1 s for each) and the images."""
+        for sset in self.samplers:
+            sset.close()
+        for probe in self.all_probes():
+            probe.close()
+        for image in self.images:
+            image.close()
 
 
 @dataclass
@@ -342,8 +363,7 @@ class _Opened:
         for _, _, counter in self.counters:
             counter.close()
         for sset in self.samplers:
-            for entry in sset.rings:
-                entry.ring.close()
+            sset.close()
 
 
 def _spec(site: ProbeSite) -> UprobeSpec:
@@ -435,15 +455,14 @@ class UprobeBackend:
             proc.call(functools.partial(_remove_hook, hook=st.hook))
         except DtprocError:
             pass  # the process is gone, and its hooks with it
-        with self._drain_lock:
-            self._drain([(st, sset) for sset in st.samplers], final=True)
-        with self._lock:
-            counts = [n for probe in st.all_probes() for n in probe.pending_counts()]
-            for probe in st.all_probes():
-                probe.retire(_FOREVER)
-            for image in st.images:
-                image.close()
-        self._deliver(counts)
+        try:
+            with self._drain_lock:
+                self._drain([(st, sset) for sset in st.samplers], final=True)
+            with self._lock:
+                counts = [n for probe in st.all_probes() for n in probe.pending_counts()]
+            self._deliver(counts)
+        finally:
+            st.close()
         self._raise_failure()
 
     def close(self) -> None:
@@ -574,7 +593,6 @@ class UprobeBackend:
         with self._lock:
             if st.closed:
                 return
-            self._close_exited(st, set(tracee.threads))
             try:
                 self._open_thread(st, tid)
             except DtprocError as exc:
@@ -583,21 +601,13 @@ class UprobeBackend:
     def _open_thread(self, st: _ProcState, tid: int) -> None:
         for probe in st.probes.values():
             if probe.counters is not None:
-                if tid in probe.counters:  # an exited thread's id, given to this one
-                    probe.close_counter(tid)
+                probe.thread_exited(tid)  # if an exited thread had this id
                 counter = _open_for_thread(functools.partial(_counter, probe.spec), tid)
                 if counter is not None:
                     probe.counters[tid] = counter
         for sset in st.samplers:
             if not sset.retired:
                 _open_for_thread(sset.open_ring, tid)
-
-    def _close_exited(self, st: _ProcState, live: set[int]) -> None:
-        """Read and close the counters of threads that have exited (their rings hang up)."""
-        for probe in st.probes.values():
-            if probe.counters is not None:
-                for tid in [t for t in probe.counters if t not in live]:
-                    probe.close_counter(tid)
 
     # -- draining -------------------------------------------------------------------
 
@@ -627,25 +637,23 @@ class UprobeBackend:
             self._failure = exc
 
     def _drain(self, work: Sequence[tuple[_ProcState, _SamplerSet]], *, final: bool) -> int:
-        """Take what the rings hold, fire it in time order; close rings that are done."""
+        """Take what the rings hold and fire it in time order; report what was lost.
+
+        A ring whose thread has exited (or all of them, when *final*) is drained
+        for good, and its losses are counted exactly then: each event counts
+        every hit, so what did not arrive was lost, LOST record or not.
+        """
         batch: list[tuple[UprobeSample, _SamplerSet]] = []
         lost = 0
-        for st, sset in work:
+        for _, sset in work:
             with self._lock:
-                rings = list(sset.rings)
+                rings = [entry for entry in sset.rings if not entry.finished]
             for entry in rings:
                 ring = entry.ring
                 done = final or sset.retired or (ring.wait(0) and ring.hung_up)
-                batch.extend((s, sset) for s in ring.drain() if isinstance(s, UprobeSample))
-                lost += ring.lost - entry.reported_lost
-                entry.reported_lost = ring.lost
+                lost += _take(entry, sset, batch)
                 if done:
-                    with self._lock:
-                        sset.rings.remove(entry)
-                    ring.close()
-            if sset.retired and not sset.rings:
-                with self._lock:
-                    st.samplers.remove(sset)
+                    lost += _finish(entry, sset, batch)
         if lost:
             self.drops += lost
             self._report_drops(lost)
@@ -694,6 +702,36 @@ class UprobeBackend:
         failure, self._failure = self._failure, None
         if failure is not None:
             raise DtprocError(f"the uprobe drain thread failed: {failure}") from failure
+
+
+def _take(entry: _Ring, sset: _SamplerSet, batch: list[tuple[UprobeSample, _SamplerSet]]) -> int:
+    """Move *entry*'s samples into *batch*; the losses its LOST records report meanwhile."""
+    ring = entry.ring
+    samples = [item for item in ring.drain() if isinstance(item, UprobeSample)]
+    entry.received += len(samples)
+    batch.extend((sample, sset) for sample in samples)
+    lost = ring.lost - entry.reported_lost
+    entry.reported_lost = ring.lost
+    return lost
+
+
+def _finish(entry: _Ring, sset: _SamplerSet, batch: list[tuple[UprobeSample, _SamplerSet]]) -> int:
+    """Drain *entry* for good; the losses no LOST record reported (a ring full at the end)."""
+    hits = _ring_hits(entry.ring)
+    lost = _take(entry, sset, batch)
+    entry.finished = True
+    unreported = max(0, hits - entry.received - entry.reported_lost)
+    entry.reported_lost += unreported
+    return lost + unreported
+
+
+def _ring_hits(ring: SampleRing) -> int:
+    """Hits of every event of *ring*, lost samples included: a sampling event counts too.
+
+    :class:`SampleRing` has no public reader for its events' counts, so this
+    reads the event fds it holds (one per probe in THREAD scope).
+    """
+    return sum(perf.read_counter(fd).value for fd in ring._fds)
 
 
 def _open_for_thread(open_one: Callable[[int], _T], tid: int) -> _T | None:

@@ -12,7 +12,7 @@ Argument specs that name a symbol (``8@counter(%rip)``, ``8@$table``) are resolv
 against the module's symbols and load bias, into absolute addresses and constants: at a hit
 :func:`dtproc.probes.context.usdt_arg` needs registers and memory only, never the ELF file.
 
-A probe with a semaphore runs its argument set-up only while the semaphore (a ``unsigned
+A probe with a semaphore runs its argument set-up only while the semaphore (an ``unsigned
 short`` counter at a fixed address) is non-zero. Kernel uprobes keep it up themselves
 (``ref_ctr_offset``); under ptrace :class:`SemaphoreHold` does it by writing memory.
 """
