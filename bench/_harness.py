@@ -2,12 +2,14 @@
 
 Benchmarks are scripts, not tests: ``PYTHONPATH=src python bench/bench_NAME.py [--quick]``.
 Each one measures with :func:`measure` (medians of wall and CPU time over many runs, after
-warm-up runs, because a single run on a shared 2-core machine says little), collects the
-medians in a :class:`Table` (rows are workloads, columns are methods, one column the
-baseline that the others are divided by), then :func:`report` prints the tables as Markdown
-for the README and writes them to ``bench/results/NAME.json`` (ignored by git) so that runs
-can be compared later.  ``--quick`` runs everything a few times only: a smoke test of the
-script, not a measurement.
+warm-up runs, because a single run on a shared 2-core machine says little) or, for the cost
+of one unit of work inside a run, :func:`per_unit`; collects the medians in a :class:`Table`
+(rows are workloads, columns are methods, one column the baseline that the others are
+divided by); latencies sampled one by one go into a :class:`Grid` as a
+:class:`Distribution` (median, p90, p99, max).  Then :func:`report` prints the tables as
+Markdown for the README and writes them to ``bench/results/NAME.json`` (ignored by git) so
+that runs can be compared later.  ``--quick`` runs everything a few times only: a smoke test
+of the script, not a measurement.
 
 CPU time is the benchmark process's own (``time.process_time``) plus that of every child it
 reaped meanwhile (``RUSAGE_CHILDREN``): a spawned program, a tracee reaped through
@@ -18,6 +20,8 @@ every method.
 from __future__ import annotations
 
 import argparse
+import enum
+import functools
 import hashlib
 import json
 import os
@@ -29,10 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import ClassVar, Final, Protocol, TypeVar
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH_DIR.parent
@@ -121,6 +125,33 @@ def _cpu_now() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def _sample(
+    fn: Callable[[], T],
+    setup: Callable[[], object] | None = None,
+    teardown: Callable[[T], object] | None = None,
+) -> tuple[float, float]:
+    """One run: (wall time of *fn*, CPU time of *fn* and *teardown*); *setup* is not timed."""
+    if setup is not None:
+        setup()
+    cpu = _cpu_now()
+    start = time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    if teardown is not None:
+        teardown(result)
+    return wall, _cpu_now() - cpu
+
+
+def _summarize(samples: Sequence[tuple[float, float]]) -> Stats:
+    walls = [wall for wall, _ in samples]
+    if len(walls) >= 2:
+        q1, _, q3 = statistics.quantiles(walls, n=4)
+    else:
+        q1 = q3 = walls[0]
+    cpu = statistics.median(cpu for _, cpu in samples)
+    return Stats(statistics.median(walls), cpu, q1, q3, len(walls))
+
+
 def measure(
     fn: Callable[[], T],
     runs: int,
@@ -135,25 +166,8 @@ def measure(
     returned), because a child's CPU time is only known once it is reaped, and reaping is
     what a teardown such as "kill the tracee" does.  *setup* is never timed.
     """
-    walls: list[float] = []
-    cpus: list[float] = []
-    for i in range(warmup + runs):
-        if setup is not None:
-            setup()
-        cpu = _cpu_now()
-        start = time.perf_counter()
-        result = fn()
-        wall = time.perf_counter() - start
-        if teardown is not None:
-            teardown(result)
-        if i >= warmup:
-            walls.append(wall)
-            cpus.append(_cpu_now() - cpu)
-    if runs >= 2:
-        q1, _, q3 = statistics.quantiles(walls, n=4)
-    else:
-        q1 = q3 = walls[0]
-    return Stats(statistics.median(walls), statistics.median(cpus), q1, q3, runs)
+    samples = [_sample(fn, setup, teardown) for _ in range(warmup + runs)]
+    return _summarize(samples[warmup:])
 
 
 def per_hit(t_n: float, t_0: float, n: int) -> float:
@@ -161,11 +175,79 @@ def per_hit(t_n: float, t_0: float, n: int) -> float:
     return (t_n - t_0) / n
 
 
+@dataclass(frozen=True, slots=True)
+class Units:
+    """What :func:`per_unit` measures: ``run(k)`` does a whole run with *k* units of work."""
+
+    run: Callable[[int], object]
+    n: int
+
+
+def per_unit(contenders: Mapping[str, Units], runs: int, *, warmup: int = 1) -> dict[str, Stats]:
+    """The cost of one unit of work for each contender: ``(T(n) - T(0)) / n``, from medians.
+
+    ``run(k)`` does a whole run with *k* units (start a program that calls a function *k*
+    times, under some tracer): whatever a run costs besides the units -- start-up, exit,
+    attaching -- is in T(0) as well and cancels out.  Each round runs every contender
+    with *n* units and with none, in turn, so that a busy spell of a shared machine
+    weighs on all of them alike rather than on whichever ran during it.  ``q1``/``q3`` are
+    T(n)'s wall-time quartiles less T(0)'s median, per unit.
+    """
+    full: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    empty: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+    for i in range(warmup + runs):
+        for name, units in contenders.items():
+            with_units = _sample(functools.partial(units.run, units.n))
+            without = _sample(functools.partial(units.run, 0))
+            if i >= warmup:
+                full[name].append(with_units)
+                empty[name].append(without)
+    return {
+        name: _per_unit(_summarize(full[name]), _summarize(empty[name]), units.n)
+        for name, units in contenders.items()
+    }
+
+
+def _per_unit(t_n: Stats, t_0: Stats, n: int) -> Stats:
+    return Stats(
+        per_hit(t_n.wall, t_0.wall, n),
+        per_hit(t_n.cpu, t_0.cpu, n),
+        per_hit(t_n.q1, t_0.wall, n),
+        per_hit(t_n.q3, t_0.wall, n),
+        t_n.runs,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Latencies sampled one by one, in seconds: the tail matters as much as the median."""
+
+    COLUMNS: ClassVar[tuple[str, ...]] = ("median", "p90", "p99", "max", "samples")
+
+    median: float
+    p90: float
+    p99: float
+    max: float
+    samples: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Distribution:
+        if not samples:
+            raise ValueError("a distribution of no samples")
+        if len(samples) >= 2:
+            cuts = statistics.quantiles(samples, n=100, method="inclusive")
+            p90, p99 = cuts[89], cuts[98]
+        else:
+            p90 = p99 = samples[0]
+        return cls(statistics.median(samples), p90, p99, max(samples), len(samples))
+
+
 # ----------------------------------------------------------------------------- tables
 
 
 def format_seconds(seconds: float) -> str:
     """``1.23 ms``, ``850 ns``: three significant digits in the unit that fits."""
+    seconds = float(f"{seconds:.3g}")  # so that 0.99999 s is 1 s, not 1e+03 ms
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if abs(seconds) >= scale:
             return f"{seconds / scale:.3g} {unit}"
@@ -183,18 +265,49 @@ def format_ratio(ratio: float) -> str:
     return f"1/{1 / ratio:.0f}x" if ratio > 0 else "0x"
 
 
+class Metric(enum.Enum):
+    """Which median of a :class:`Stats` a :class:`Table` prints."""
+
+    WALL = "wall"
+    CPU = "cpu"
+
+    def of(self, stats: Stats) -> float:
+        return stats.wall if self is Metric.WALL else stats.cpu
+
+
+def _markdown(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [
+        f"**{title}**",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class Reportable(Protocol):
+    """A table :func:`report` can print and save."""
+
+    def markdown(self) -> str: ...
+
+    def as_json(self) -> dict[str, object]: ...
+
+
 @dataclass
 class Table:
     """Medians by row (workload) and column (method), printed as Markdown with ratios.
 
     A cell left empty (a tool that is not installed) prints as ``n/a``.  With a
     *baseline* column every other cell also shows its ratio to that row's baseline.
+    *metric* says which median is printed (and divided); the JSON file has both.
     """
 
     title: str
     row_header: str
     columns: Sequence[str]
     baseline: str | None = None
+    metric: Metric = Metric.WALL
     cells: dict[str, dict[str, Stats]] = field(default_factory=dict)
 
     def add(self, row: str, column: str, stats: Stats) -> None:
@@ -206,33 +319,85 @@ class Table:
         stats = row.get(column)
         if stats is None:
             return "n/a"
-        text = format_seconds(stats.wall)
+        value = self.metric.of(stats)
+        text = format_seconds(value)
         base = row.get(self.baseline) if self.baseline is not None else None
-        if base is not None and column != self.baseline and base.wall > 0:
-            text += f" ({format_ratio(stats.wall / base.wall)})"
+        if base is not None and column != self.baseline and self.metric.of(base) > 0:
+            text += f" ({format_ratio(value / self.metric.of(base))})"
         return text
 
+    def ratio(self, row: str, column: str, other: str) -> float | None:
+        """*column*'s median over *other*'s in *row*, when both were measured."""
+        cells = self.cells.get(row, {})
+        a, b = cells.get(column), cells.get(other)
+        if a is None or b is None or self.metric.of(b) <= 0:
+            return None
+        return self.metric.of(a) / self.metric.of(b)
+
     def markdown(self) -> str:
-        header = [self.row_header, *self.columns]
-        lines = [
-            f"**{self.title}**",
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join(["---"] + ["---:"] * len(self.columns)) + "|",
+        rows = [
+            [name, *(self._cell(row, c) for c in self.columns)] for name, row in self.cells.items()
         ]
-        for name, row in self.cells.items():
-            lines.append(
-                "| " + " | ".join([name, *(self._cell(row, c) for c in self.columns)]) + " |"
-            )
-        return "\n".join(lines)
+        return _markdown(self.title, [self.row_header, *self.columns], rows)
 
     def as_json(self) -> dict[str, object]:
         return {
             "title": self.title,
             "baseline": self.baseline,
+            "metric": self.metric.value,
             "columns": list(self.columns),
             "rows": {
                 name: {column: asdict(stats) for column, stats in row.items()}
+                for name, row in self.cells.items()
+            },
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """A number for the JSON file and the text the Markdown table shows for it."""
+
+    value: float
+    text: str
+
+
+@dataclass
+class Grid:
+    """A table of ready-made cells: latency distributions, CPU shares, counts.
+
+    Rows keep the order they were added in; a cell never filled prints as ``n/a``.
+    """
+
+    title: str
+    row_header: str
+    columns: Sequence[str]
+    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)
+
+    def add(self, row: str, column: str, value: float, text: str) -> None:
+        if column not in self.columns:
+            raise KeyError(f"{self.title}: no column {column!r}")
+        self.cells.setdefault(row, {})[column] = Cell(value, text)
+
+    def add_distribution(self, row: str, dist: Distribution) -> None:
+        """Fill *row* from *dist*: the grid's columns must be :attr:`Distribution.COLUMNS`."""
+        for column in ("median", "p90", "p99", "max"):
+            value: float = getattr(dist, column)
+            self.add(row, column, value, format_seconds(value))
+        self.add(row, "samples", dist.samples, str(dist.samples))
+
+    def markdown(self) -> str:
+        rows = [
+            [name, *(row[c].text if c in row else "n/a" for c in self.columns)]
+            for name, row in self.cells.items()
+        ]
+        return _markdown(self.title, [self.row_header, *self.columns], rows)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "title": self.title,
+            "columns": list(self.columns),
+            "rows": {
+                name: {column: cell.value for column, cell in row.items()}
                 for name, row in self.cells.items()
             },
         }
@@ -253,7 +418,7 @@ def options(
     description: str,
     *,
     runs: int = 30,
-    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    extra: Callable[[argparse.ArgumentParser], object] | None = None,
     argv: Sequence[str] | None = None,
 ) -> tuple[Options, argparse.Namespace]:
     """Parse ``--quick`` and ``--runs`` (and whatever *extra* adds)."""
@@ -266,8 +431,14 @@ def options(
     return Options(args.quick, QUICK_RUNS if args.quick else args.runs), args
 
 
-def report(name: str, opts: Options, tables: Sequence[Table], notes: Sequence[str] = ()) -> Path:
-    """Print *tables* as Markdown and write them with the machine's description to JSON."""
+def report(
+    name: str, opts: Options, tables: Sequence[Reportable], notes: Sequence[str] = ()
+) -> Path:
+    """Print *tables* as Markdown and write them with the machine's description to JSON.
+
+    The machine's description includes its load average: the machine is shared, and a
+    number measured while something else ran is worth less.
+    """
     for table in tables:
         print(table.markdown(), end="\n\n")
     for note in notes:
@@ -294,6 +465,7 @@ def _machine() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "cpu": _cpu_model(),
+        "loadavg": list(os.getloadavg()),
     }
 
 

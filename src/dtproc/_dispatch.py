@@ -107,6 +107,10 @@ class ThreadContext:
         if remaining is None:
             res = peek(block=True)
             return res.pid if res else None
+        # Something may be waiting already (often, under load): then no timer is needed.
+        res = peek(block=False)
+        if res is not None:
+            return res.pid
         if self._timer is None:
             self._timer = ThreadTimer()
         self._timer.arm(remaining)

@@ -66,7 +66,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DEFAULT_LRU_LIMIT: Final = 8
-_WAKE_RETRY: Final = 0.002
+# A wake-up signal that lands between the control thread's last look at its request queue and
+# its waitid is lost: poke again soon (measured: Python's GIL hand-off makes that window common).
+_WAKE_RETRY: Final = 0.0001
 
 
 class NotificationKind(enum.Enum):
@@ -354,6 +356,7 @@ class Process:
 
     def _set_up(self, tracee: Tracee, stop_at: StopPoint) -> None:
         self._pid = tracee.pid
+        threading.current_thread().name = f"dtproc-control-{tracee.pid}"
         self._tracee = tracee
         self.identity = tracee.identity
         tracee.stop_on_exec = True  # probes and the rtld agent are set up again before it runs

@@ -100,7 +100,7 @@ TRAP_TRACE = 2
 
 def _call(req: int, tid: int, addr: int | None = 0, data: object = 0) -> int:
     ctypes.set_errno(0)
-    res = _ptrace(req, tid, addr, data)  # type: ignore[arg-type]
+    res = _ptrace(req, tid, addr, data)
     if res == -1:
         err = ctypes.get_errno()
         if err:

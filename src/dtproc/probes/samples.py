@@ -51,11 +51,11 @@ __all__ = [
 STACK_BYTES_PER_FRAME: Final = 192
 MIN_USTACK_BYTES: Final = 8192
 MAX_USTACK_BYTES: Final = 32768
-#: Stack copied for USDT arguments held in the probing function's frame (``-20(%rbp)``).
-USDT_FRAME_BYTES: Final = 4096
+#: Stack copied for a USDT argument addressed from ``%rbp`` (``-20(%rbp)``): the distance
+#: from ``%rsp`` up to the frame pointer is not known before the hit; frames are smaller.
+USDT_FRAME_BYTES: Final = 1024
 _ARG_REGISTERS: Final = 6
 _U64: Final = struct.Struct("<Q")
-_STACK_BASES: Final = frozenset({"rsp", "rbp"})
 
 
 def ustack_bytes(depth: int) -> int:
@@ -73,8 +73,7 @@ def sample_stack_bytes(site: ProbeSite, args: frozenset[int], ustack_depth: int)
     """
     need = ustack_bytes(ustack_depth) if ustack_depth > 0 else 0
     if site.kind is ProbeKind.USDT:
-        if any(_frame_operand(site, i) for i in args):
-            need = max(need, USDT_FRAME_BYTES)
+        need = max([need, *(_operand_bytes(site, i) for i in args)])
     elif site.kind is not ProbeKind.RETURN and args:
         top = max(args)
         if top >= _ARG_REGISTERS:
@@ -82,11 +81,18 @@ def sample_stack_bytes(site: ProbeSite, args: frozenset[int], ustack_depth: int)
     return need
 
 
-def _frame_operand(site: ProbeSite, i: int) -> bool:
-    if i >= len(site.usdt_args):
-        return False
+def _operand_bytes(site: ProbeSite, i: int) -> int:
+    """The stack copy that holds USDT argument *i*: 0 unless it is a memory operand.
+
+    Only operands in the probing frame are eligible at all (see ``uprobe_eligible``);
+    one at ``disp(%rsp)`` needs exactly that much, others somewhere in the frame.
+    """
+    if i >= len(site.usdt_args) or site.usdt_args[i].kind is not SdtArgKind.MEMORY:
+        return 0
     spec = site.usdt_args[i]
-    return spec.kind is SdtArgKind.MEMORY and spec.register in _STACK_BASES
+    if spec.register == "rsp" and spec.index is None:
+        return max(8, (spec.displacement + 8 + 7) & ~7)
+    return USDT_FRAME_BYTES
 
 
 # ----------------------------------------------------------------------------- the process

@@ -21,8 +21,12 @@ inherited events lose hits and cost ~90 ms per thread created on this kernel
 (see :mod:`dtproc.uprobes`). Every thread gets its events before it runs its
 first instruction: the existing ones when a placement is enabled, new ones from
 the tracee's new-thread hook, both in the process's control thread. A thread
-that exits leaves its counter's value behind (read, then closed) and its ring
-hung up (drained, then closed).
+that exits leaves its events behind: its counters keep their counts, its rings
+are drained for good. Everything is closed at :meth:`UprobeBackend.disable`,
+not before: closing a uprobe event takes the kernel ~0.1 s here (an RCU grace
+period, serialized with every other uprobe event's open and close), which must
+not hold up the target's next ``pthread_create`` -- so disabling costs about
+0.1 s per (thread, probe) event.
 
 Return probes are plain uprobes at each ``ret`` and tail-call jump the pid
 provider found, not uretprobes: ``arg0`` stays the offset of the returning
@@ -31,13 +35,16 @@ counts as a return only when its branch is taken (decided from the sampled flags
 so such sites are always sampled). A USDT semaphore is raised by the kernel
 (``ref_ctr_offset``) while the probe is armed.
 
-Samples can be lost when the drain thread falls behind (a full ring): they are
-counted from the kernel's LOST records and reported through ``report_drops``,
-as dtrace reports buffer drops.
+Samples can be lost when the drain thread falls behind (a full ring). Losses
+are reported through ``report_drops``, as dtrace reports buffer drops: as the
+kernel's LOST records tell them, and exactly when a ring is drained for good --
+every sampling event also counts its hits, so what did not arrive was lost, even
+when the ring was still full when its thread exited and no LOST record came.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import sys
@@ -95,6 +102,7 @@ _CAP_SYS_ADMIN: Final = 21
 _CAP_PERFMON: Final = 38
 _SAMPLES_PER_RING: Final = 64  # a ring with stack copies holds at least this many samples
 _SAMPLE_OVERHEAD: Final = 512  # header, ids, time and registers of one sample, rounded up
+_WRITE_MARGIN: Final = 5_000_000  # ns: a sample taken this long ago is surely in its ring
 _STACK_BASES: Final = frozenset({"rsp", "rbp"})
 _T = TypeVar("_T")
 
@@ -175,8 +183,8 @@ class UprobeOptions:
     """
 
     ring_bytes: int = 1 << 20
-    drain_interval: float = 0.005
-    idle_interval: float = 0.1
+    drain_interval: float = 0.002
+    idle_interval: float = 0.05
 
     def __post_init__(self) -> None:
         if self.ring_bytes < perf.PAGE_SIZE:
@@ -414,6 +422,7 @@ class UprobeBackend:
         self._stopping = False
         self._drainer: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._held: list[tuple[UprobeSample, _SamplerSet]] = []  # samples of the next round
         self._next_set = 0
         self.drops = 0
 
@@ -457,7 +466,7 @@ class UprobeBackend:
             pass  # the process is gone, and its hooks with it
         try:
             with self._drain_lock:
-                self._drain([(st, sset) for sset in st.samplers], final=True)
+                self._drain(st.samplers, final=True)
             with self._lock:
                 counts = [n for probe in st.all_probes() for n in probe.pending_counts()]
             self._deliver(counts)
@@ -492,12 +501,16 @@ class UprobeBackend:
             image.modules = tracee.modules
             plan = self._plan(st, placements)
             opened = _Opened()
+            since = time.monotonic_ns()
             try:
                 self._open(plan, image, tracee.threads, opened)
             except BaseException:
                 opened.close()
                 raise
-            self._commit(st, plan, opened, image)
+            st.probes.update(plan.new)
+            _commit_counters(plan, opened)
+            _commit_samplers(st, opened)
+            _commit_placements(plan, image, since)
         if opened.samplers:
             self._start_drainer()
 
@@ -562,32 +575,6 @@ class UprobeBackend:
             for tid in tids:
                 _open_for_thread(sset.open_ring, tid)
 
-    def _commit(self, st: _ProcState, plan: _Plan, opened: _Opened, image: ProcessImage) -> None:
-        st.probes.update(plan.new)
-        for probe in plan.to_count:
-            probe.counters = {}
-        for probe, tid, counter in opened.counters:
-            assert probe.counters is not None
-            probe.counters[tid] = counter
-        switched = time.monotonic_ns()
-        for sset in opened.samplers:
-            stack = sset.options.stack_bytes
-            for probe in sset.probes.values():
-                # Both events fire until the old one closes: each takes one side of the switch.
-                for window in probe.windows.values():
-                    window.end = min(window.end, switched)
-                probe.windows[sset.id] = _Window(switched if probe.stack_bytes >= 0 else 0)
-                probe.stack_bytes = stack
-        st.samplers.extend(opened.samplers)
-        for probe, pl in plan.counted:
-            probe.counted += (_Counted(pl, probe.total()),)
-        since = time.monotonic_ns()
-        for probe, pl in plan.sampled:
-            branch = None
-            if pl.site.return_how is ReturnHow.COND_TAIL_CALL:
-                branch = branch_plan(image, pl.site)
-            probe.sampled += (_Sampled(pl, since, branch),)
-
     def _on_new_thread(self, st: _ProcState, tracee: Tracee, tid: int) -> None:
         """The tracee's new-thread hook: *tid* is stopped before its first instruction."""
         with self._lock:
@@ -620,13 +607,13 @@ class UprobeBackend:
                 self._drainer.start()
 
     def _drain_loop(self) -> None:
-        delay = self.options.idle_interval
+        delay = self.options.drain_interval
         try:
             while not self._stopping:
                 with self._drain_lock:
                     with self._lock:
-                        work = [(st, s) for st in self._procs.values() for s in st.samplers]
-                    got = self._drain(work, final=False)
+                        sets = [s for st in self._procs.values() for s in st.samplers]
+                    got = self._drain(sets, final=False)
                 if got:
                     delay = self.options.drain_interval
                 else:
@@ -636,16 +623,24 @@ class UprobeBackend:
         except Exception as exc:
             self._failure = exc
 
-    def _drain(self, work: Sequence[tuple[_ProcState, _SamplerSet]], *, final: bool) -> int:
-        """Take what the rings hold and fire it in time order; report what was lost.
+    def _drain(self, sets: Sequence[_SamplerSet], *, final: bool) -> int:
+        """Take what the rings of *sets* hold and fire it in time order; report losses.
+
+        A thread with several rings (probes that copy different amounts of stack)
+        would see its hits out of order if one ring were read further than
+        another, so only samples older than the start of this round (less a
+        margin for records still being written) fire now; the rest wait for the
+        next round, unless *final*.
 
         A ring whose thread has exited (or all of them, when *final*) is drained
         for good, and its losses are counted exactly then: each event counts
         every hit, so what did not arrive was lost, LOST record or not.
         """
-        batch: list[tuple[UprobeSample, _SamplerSet]] = []
+        horizon = time.monotonic_ns() - _WRITE_MARGIN
+        batch = [item for item in self._held if item[1] in sets]
+        self._held = [item for item in self._held if item[1] not in sets]
         lost = 0
-        for _, sset in work:
+        for sset in sets:
             with self._lock:
                 rings = [entry for entry in sset.rings if not entry.finished]
             for entry in rings:
@@ -658,6 +653,10 @@ class UprobeBackend:
             self.drops += lost
             self._report_drops(lost)
         batch.sort(key=lambda item: item[0].time)
+        if not final:
+            cut = bisect.bisect_left(batch, horizon, key=lambda item: item[0].time)
+            batch, held = batch[:cut], batch[cut:]
+            self._held.extend(held)
         self._fire_batch(batch)
         return len(batch)
 
@@ -702,6 +701,42 @@ class UprobeBackend:
         failure, self._failure = self._failure, None
         if failure is not None:
             raise DtprocError(f"the uprobe drain thread failed: {failure}") from failure
+
+
+def _commit_counters(plan: _Plan, opened: _Opened) -> None:
+    for probe in plan.to_count:
+        probe.counters = {}
+    for probe, tid, counter in opened.counters:
+        assert probe.counters is not None
+        probe.counters[tid] = counter
+
+
+def _commit_samplers(st: _ProcState, opened: _Opened) -> None:
+    """Make the new sampling events the ones that serve their probes from now on.
+
+    A probe that had an event with a smaller stack copy keeps it (it is closed at
+    disable): both fire for a while, and each takes one side of the switch.
+    """
+    switched = time.monotonic_ns()
+    for sset in opened.samplers:
+        for probe in sset.probes.values():
+            for window in probe.windows.values():
+                window.end = min(window.end, switched)
+            probe.windows[sset.id] = _Window(switched if probe.stack_bytes >= 0 else 0)
+            probe.stack_bytes = sset.options.stack_bytes
+    st.samplers.extend(opened.samplers)
+
+
+def _commit_placements(plan: _Plan, image: ProcessImage, since: int) -> None:
+    """Attach the placements; hits from *since* (before any event was opened) are theirs."""
+    for probe, pl in plan.counted:
+        baseline = 0 if probe in plan.to_count else probe.total()
+        probe.counted += (_Counted(pl, baseline),)
+    for probe, pl in plan.sampled:
+        branch = None
+        if pl.site.return_how is ReturnHow.COND_TAIL_CALL:
+            branch = branch_plan(image, pl.site)
+        probe.sampled += (_Sampled(pl, since, branch),)
 
 
 def _take(entry: _Ring, sset: _SamplerSet, batch: list[tuple[UprobeSample, _SamplerSet]]) -> int:
