@@ -342,6 +342,11 @@ class Process:
             return
         try:
             self._loop()
+        except Exception as exc:
+            # A bug (ours, or a client callback's) must not leave the process behind
+            # nor its clients waiting: let go of it cleanly and say why, as a loss.
+            self._lost = f"pid {self.pid}: control lost after an internal error: {exc!r}"
+            self._tracer._notify(self, self._notification())
         finally:
             self._finish()
 

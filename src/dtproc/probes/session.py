@@ -109,6 +109,7 @@ class Session:
         self._fire_lock = threading.Lock()
         self._wake = threading.Event()
         self.interrupted = 0
+        self.internal_errors = 0
         self._backend: Backend = PtraceBackend(self._fire)
         self._closed = False
         self._unmatched: Callable[[int, ProbeDescription], DtprocError] | None = None
@@ -302,10 +303,22 @@ class Session:
         if rt is None:
             return
         with self._fire_lock:
-            rt.fire_probe(clauses, ctx)
+            try:
+                rt.fire_probe(clauses, ctx)
+            except Exception as exc:  # a bug must not stop tracing, nor pass unnoticed
+                self._internal_error(ctx, exc)
             if rt.exit_requested is not None:
                 self._wake.set()
                 self.tracer.interrupt_sleep()
+
+    def _internal_error(self, ctx: ProbeContext, exc: Exception) -> None:
+        self.internal_errors += 1
+        if self.internal_errors <= 3:
+            print(
+                f"{self.options.program_name}: internal error in probe {ctx.probe}: {exc!r}",
+                file=self.err,
+                flush=True,
+            )
 
     def go(self) -> None:
         """Fire BEGIN, then let every process go from its rendezvous."""
@@ -334,8 +347,10 @@ class Session:
         w = self._watched.get(note.pid)
         if w is not None:
             w.ended = True
-        if note.kind is NotificationKind.LOST:
+        if note.kind is NotificationKind.LOST and "set-id" in note.message:
             self.notice(f"pid {note.pid} exec'd a set-id or unobservable program")
+        elif note.kind is NotificationKind.LOST:
+            print(f"{self.options.program_name}: {note.message}", file=self.err, flush=True)
         elif note.kind is NotificationKind.KILLED:
             self.notice(f"pid {note.pid} terminated by {signal_name(note.status)}")
         elif note.status:
