@@ -390,3 +390,23 @@ def test_stress_many_clients_many_processes(bpwork: Path, sleeper: Path, reaper:
         if p.poll() is None:
             assert tracer_of(p.pid) == 0
             assert state_of(p.pid) in "RS"
+
+
+def test_target_killed_while_hitting_breakpoints(dt: Tracer, bpwork: Path) -> None:
+    """The target dies mid-hit (SIGKILL from outside): no hang, no crash, a notification."""
+    p = dt.create(
+        [str(bpwork), "threads", "4", "100000000"], stop_at="main", stdout=subprocess.DEVNULL
+    )
+    for name in ("work", "work_rip", "work_push"):
+        sym = p.lookup("a.out", name)
+        assert sym is not None
+        p.add_breakpoint(sym.address, lambda t, tid: None)
+    dt.resume(p)
+    time.sleep(0.3)
+    os.kill(p.pid, signal.SIGKILL)
+    notes = dt.sleep(10)
+    assert [n.kind for n in notes] == [NotificationKind.KILLED]
+    assert p.state is ProcessState.UNDEAD
+    with pytest.raises(NoSuchProcess):
+        p.registers()
+    p.release()
