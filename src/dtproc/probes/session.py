@@ -31,7 +31,7 @@ from dtproc.probes.backend import Backend, Placement
 from dtproc.probes.pid import PidProvider, module_may_load_later
 from dtproc.probes.ptrace_backend import PtraceBackend
 from dtproc.probes.sites import ProbeIds, ProbeSite
-from dtproc.probes.usdt import UsdtProvider
+from dtproc.probes.usdt import UsdtProvider, usdt_provider_name, usdt_providers
 from dtproc.rendezvous import StopPoint
 from dtproc.rtld import ModulesChanged
 from dtproc.ustack import Symbolizer
@@ -243,7 +243,7 @@ class Session:
     ) -> int:
         sites = self._sites_for(w, d.desc, modules, only)
         if not sites:
-            if only is None and module_may_load_later(d.desc, modules):
+            if only is None and self._may_load_later(w, d.desc, modules):
                 d.pending = True
             return 0
         placements = [Placement(site, (d.clause,)) for site in sites]
@@ -260,14 +260,25 @@ class Session:
         sites += w.usdt_provider.sites(desc, modules, only)
         return sites
 
+    def _may_load_later(self, w: _Watched, desc: ProbeDescription, modules: ModuleMap) -> bool:
+        """A description that matches nothing now may still match a library loaded later:
+        one naming a module that is not mapped, or a USDT provider no loaded module has."""
+        if module_may_load_later(desc, modules):
+            return True
+        if not desc.provider or desc.field_matches(0, f"pid{w.proc.pid}"):
+            return False
+        present = {usdt_provider_name(p.provider, w.proc.pid) for p in usdt_providers(modules)}
+        return not any(desc.field_matches(0, name) for name in present)
+
     def _check_zero_matches(self) -> None:
         for d in self._described:
             if d.sites or self.options.zero_ok:
                 continue
             if d.pending:
+                what = f"module '{d.desc.module}'" if d.desc.module else "a module providing it"
                 self.notice(
                     f"description '{d.desc}' matched 0 probes for now; "
-                    f"it will be enabled when module '{d.desc.module}' loads"
+                    f"it will be enabled when {what} loads"
                 )
                 continue
             if self._unmatched is not None:
