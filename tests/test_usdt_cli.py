@@ -35,18 +35,24 @@ def values(out: str) -> dict[str, list[int]]:
     got = {}
     for line in out.splitlines():
         parts = line.split()
-        if parts and parts[0].endswith("-args") or parts[:1] == ["plugin-run"]:
+        if (parts and parts[0].endswith("-args")) or parts[:1] == ["plugin-run"]:
             got[parts[0]] = [int(p) for p in parts[1:]]
     return got
 
 
 def test_arguments_of_every_form_and_the_semaphores(usdt: tuple[Path, Path]) -> None:
     exe, plugin = usdt
-    program = (
-        'usdtest$target:::reg-args { printf("D reg-args %d %d %d\\n", arg0, (int)arg1, (uchar_t)arg2); }'
-        ' usdtest$target:::mem-args { printf("D mem-args %d %d %d %d\\n", arg0, (int)arg1, arg2, arg3); }'
-        ' usdtest$target:::const-args { printf("D const-args %d %d %u\\n", (int)arg0, arg1, arg2); }'
-        ' usdtplug$target:::plugin-run { printf("D plugin-run %d %d\\n", arg0, arg1); }'
+    program = " ".join(
+        [
+            "usdtest$target:::reg-args",
+            '{ printf("D reg-args %d %d %d\\n", arg0, (int)arg1, (uchar_t)arg2); }',
+            "usdtest$target:::mem-args",
+            '{ printf("D mem-args %d %d %d %d\\n", arg0, (int)arg1, arg2, arg3); }',
+            "usdtest$target:::const-args",
+            '{ printf("D const-args %d %d %u\\n", (int)arg0, arg1, arg2); }',
+            "usdtplug$target:::plugin-run",
+            '{ printf("D plugin-run %d %d\\n", arg0, arg1); }',
+        ]
     )
     r = dtproc("-q", "-x", "backend=ptrace", "-n", program, "-c", f"{exe} {plugin}")
     assert r.returncode == 0, r.stderr
@@ -78,7 +84,7 @@ def test_probe_in_a_dlopened_library(usdt: tuple[Path, Path]) -> None:
     r = dtproc("-n", "usdtplug$target:::plugin-run { @[probemod, probefunc] = count(); }",
                "-c", f"{exe} {plugin}")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "will be enabled when module" in r.stderr
+    assert "it will be enabled when a module providing it loads" in r.stderr
     assert re.search(rf"{re.escape(plugin.name)}\s+usdt_plugin_run\s+1\n", r.stdout)
 
 
