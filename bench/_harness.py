@@ -26,8 +26,11 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -89,6 +92,13 @@ def spawn_and_wait(argv: Sequence[str | os.PathLike[str]]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def spawn_checked(argv: Sequence[str | os.PathLike[str]]) -> None:
+    """:func:`spawn_and_wait`, failing loudly if the program fails."""
+    status = spawn_and_wait(argv)
+    if status != 0:
+        raise RuntimeError(f"{shlex.join(os.fspath(a) for a in argv)}: status {status}")
+
+
 def run_quietly(argv: Sequence[str | os.PathLike[str]]) -> None:
     """Run a command to completion with its output discarded; fail loudly if it fails."""
     subprocess.run(
@@ -98,6 +108,174 @@ def run_quietly(argv: Sequence[str | os.PathLike[str]]) -> None:
         stderr=subprocess.DEVNULL,
         check=True,
     )
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+class Backend(enum.Enum):
+    """How the ``dtproc`` command catches hits: its ``-x backend=`` values."""
+
+    PTRACE = "ptrace"
+    UPROBE = "uprobe"
+
+    @property
+    def column(self) -> str:
+        return f"dtproc {self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class DtprocRun:
+    """What a ``dtproc`` run said: its aggregation, by key, and its notices."""
+
+    counts: dict[str, int]
+    stderr: str
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def matched(self) -> int:
+        """How many probes the program matched, from the notice ``-q`` would have hidden."""
+        found = re.search(r"matched (\d+) probes?", self.stderr)
+        if found is None:
+            raise RuntimeError(f"dtproc said nothing of matched probes: {self.stderr!r}")
+        return int(found.group(1))
+
+
+def check_hits(method: str, seen: int, wanted: int) -> None:
+    """A method that saw the wrong number of hits measured something else: stop."""
+    if seen != wanted:
+        raise RuntimeError(f"{method}: saw {seen} hits, expected {wanted}")
+
+
+def dtproc_argv(
+    program: str,
+    command: Sequence[str | os.PathLike[str]],
+    backend: Backend,
+    *,
+    quiet: bool,
+    output: Path | None = None,
+) -> list[str]:
+    """``dtproc [-q] [-o OUTPUT] -x backend=B -n PROGRAM -c COMMAND``, through this interpreter.
+
+    ``python -m dtproc`` rather than the console script: the script may be a shim (pyenv's
+    is a shell script that runs ``pyenv exec``), whose start-up is not dtproc's to pay.
+    The child inherits ``PYTHONPATH``, so it runs the tree being measured.
+    """
+    flags = (["-q"] if quiet else []) + (["-o", str(output)] if output is not None else [])
+    command_line = shlex.join(os.fspath(a) for a in command)
+    return [sys.executable, "-m", "dtproc", *flags, "-x", f"backend={backend.value}",
+            "-n", program, "-c", command_line]  # fmt: skip
+
+
+def run_dtproc(
+    program: str,
+    command: Sequence[str | os.PathLike[str]],
+    backend: Backend,
+    *,
+    quiet: bool = True,
+) -> DtprocRun:
+    """Run the ``dtproc`` command to the end; the traced command's output is discarded.
+
+    The aggregation goes to a file of its own (``-o``), apart from what the command
+    prints, and is read back as ``key count`` lines (a bare count has the key ``""``).
+    """
+    with tempfile.TemporaryDirectory(prefix="dtproc-bench-out-") as tmp:
+        out = Path(tmp) / "out"
+        argv = dtproc_argv(program, command, backend, quiet=quiet, output=out)
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(argv)}: status {done.returncode}: {done.stderr}")
+        text = out.read_text() if out.exists() else ""
+    return DtprocRun(aggregation_counts(text), done.stderr)
+
+
+def aggregation_counts(text: str) -> dict[str, int]:
+    """dtrace's printout of a count() aggregation: ``key... count`` lines, by key.
+
+    Other lines -- blank ones, and what a probe with no -q prints (``CPU ID FUNCTION:NAME``
+    and a line per firing) -- are passed over.
+    """
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        *key, value = line.split() or [""]
+        if value.isdigit():
+            counts[" ".join(key)] = int(value)
+    return counts
+
+
+def uprobe_refusal(probe: str = "pid$target:libc.so.6:clock_nanosleep:entry") -> str | None:
+    """Why ``-x backend=uprobe`` cannot be measured, or None when it really uses uprobes.
+
+    The option may be accepted and yet the hits caught some other way (a backend not
+    wired into the command yet falls back on ptrace): a uprobe backend holds perf events
+    while the target runs, so ``dtproc`` runs a ``sleep`` with *probe* placed, and its
+    open files are looked at meanwhile.  ``dtproc`` is then interrupted, which kills the
+    ``sleep`` -- that would end by itself anyway.
+    """
+    argv = dtproc_argv(f"{probe} {{ @ = count(); }}", ["sleep", "3"], Backend.UPROBE, quiet=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 2.5
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _holds_perf_events(proc.pid):
+                return None
+            time.sleep(0.05)
+        if proc.poll() is not None and proc.returncode != 0:
+            assert proc.stderr is not None
+            said = proc.stderr.read().strip().splitlines()
+            return f"`-x backend=uprobe` fails: {said[-1] if said else proc.returncode}"
+        return (
+            "`-x backend=uprobe` is accepted but dtproc holds no perf event while the "
+            "target runs: the hits are caught some other way (ptrace)"
+        )
+    finally:
+        _interrupt(proc)
+
+
+def measurable_backends() -> tuple[list[Backend], list[str]]:
+    """ptrace always; uprobe when the command really uses it, else a note saying why not."""
+    refusal = uprobe_refusal()
+    if refusal is None:
+        return [Backend.PTRACE, Backend.UPROBE], []
+    print(f"skipping {Backend.UPROBE.column}: {refusal}", file=sys.stderr)
+    return [Backend.PTRACE], [f"{Backend.UPROBE.column} not measured: {refusal}."]
+
+
+def _holds_perf_events(pid: int) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        names = list(fds.iterdir())
+    except OSError:
+        return False
+    for fd in names:
+        try:
+            if os.readlink(fd) == "anon_inode:[perf_event]":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _interrupt(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C *proc*, as a user would end a trace, and reap it; kill it if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 # ----------------------------------------------------------------------------- timing
@@ -183,8 +361,26 @@ class Units:
     n: int
 
 
+@dataclass(frozen=True, slots=True)
+class UnitCost:
+    """What :func:`unit_costs` finds: the cost of a unit, and of a whole run without any."""
+
+    unit: Stats
+    base: Stats
+
+
 def per_unit(contenders: Mapping[str, Units], runs: int, *, warmup: int = 1) -> dict[str, Stats]:
     """The cost of one unit of work for each contender: ``(T(n) - T(0)) / n``, from medians.
+
+    See :func:`unit_costs`, which also gives T(0).
+    """
+    return {name: cost.unit for name, cost in unit_costs(contenders, runs, warmup=warmup).items()}
+
+
+def unit_costs(
+    contenders: Mapping[str, Units], runs: int, *, warmup: int = 1
+) -> dict[str, UnitCost]:
+    """Per contender, the cost of one unit of work, ``(T(n) - T(0)) / n``, and T(0) itself.
 
     ``run(k)`` does a whole run with *k* units (start a program that calls a function *k*
     times, under some tracer): whatever a run costs besides the units -- start-up, exit,
@@ -202,10 +398,11 @@ def per_unit(contenders: Mapping[str, Units], runs: int, *, warmup: int = 1) -> 
             if i >= warmup:
                 full[name].append(with_units)
                 empty[name].append(without)
-    return {
-        name: _per_unit(_summarize(full[name]), _summarize(empty[name]), units.n)
-        for name, units in contenders.items()
-    }
+    costs = {}
+    for name, units in contenders.items():
+        base = _summarize(empty[name])
+        costs[name] = UnitCost(_per_unit(_summarize(full[name]), base, units.n), base)
+    return costs
 
 
 def _per_unit(t_n: Stats, t_0: Stats, n: int) -> Stats:
@@ -353,6 +550,22 @@ class Table:
         }
 
 
+def wall_and_cpu(
+    title: str, row_header: str, columns: Sequence[str], baseline: str
+) -> tuple[Table, Table]:
+    """Two tables of the same cells: wall time, and CPU time of tracer and target alike."""
+    ratio = f"(ratio to {baseline})"
+    wall = Table(f"{title}: wall time {ratio}", row_header, columns, baseline=baseline)
+    cpu = Table(
+        f"{title}: CPU time, tracer and target {ratio}",
+        row_header,
+        columns,
+        baseline=baseline,
+        metric=Metric.CPU,
+    )
+    return wall, cpu
+
+
 @dataclass(frozen=True, slots=True)
 class Cell:
     """A number for the JSON file and the text the Markdown table shows for it."""
@@ -429,6 +642,19 @@ def options(
         extra(parser)
     args = parser.parse_args(argv)
     return Options(args.quick, QUICK_RUNS if args.quick else args.runs), args
+
+
+def options_with_scale(description: str, *, runs: int) -> tuple[Options, float]:
+    """:func:`options` plus ``--scale F``, which multiplies every N (default 1, quick 0.1)."""
+    opts, args = options(
+        description,
+        runs=runs,
+        extra=lambda p: p.add_argument(
+            "--scale", type=float, default=None, help="multiply every N (default 1; 0.1 quick)"
+        ),
+    )
+    scale: float = args.scale if args.scale is not None else 0.1 if opts.quick else 1.0
+    return opts, scale
 
 
 def report(

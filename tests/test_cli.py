@@ -323,3 +323,30 @@ def test_list_mode(target: Path) -> None:
     funcs = {ln.split()[3] for ln in lines[1:]}
     assert {"memcpy", "memset", "memchr"} <= funcs
     assert all(ln.split()[2] == "libc.so.6" and ln.split()[4] == "entry" for ln in lines[1:])
+
+
+# ---------------------------------------------------------------------- backends
+def test_backends_agree_on_counts(target: Path) -> None:
+    program = "pid$target:a.out:work*:entry { @[probefunc] = count(); }"
+    outs = {}
+    for backend in ("ptrace", "uprobe", "auto"):
+        r = dtproc("-q", "-x", f"backend={backend}", "-n", program, "-c", f"{target} count 3000")
+        assert r.returncode == 0, (backend, r.stderr)
+        outs[backend] = aggregation(r.stdout)
+    assert outs["ptrace"] == outs["uprobe"] == outs["auto"] == {"work": 3000, "work2": 6000}
+
+
+def test_backend_choice_is_explained(target: Path) -> None:
+    count_only = "pid$target:a.out:work:entry { @ = count(); }"
+    sampled = "pid$target:a.out:work:entry { @[arg0 % 2] = count(); }"
+    memory = 'pid$target:a.out:work:entry { printf("%s", copyinstr(arg0)); }'
+    r = dtproc("-l", "-n", count_only, "-c", f"{target} count 1")
+    assert re.search(r"clause 1 \(pid\d+:a\.out:work:entry\): uprobe: ", r.stderr), r.stderr
+    r = dtproc("-l", "-n", sampled, "-c", f"{target} count 1")
+    assert "ptrace: it is sampled" in r.stderr
+    r = dtproc("-v", "-q", "-n", memory, "-c", f"{target} count 1")
+    assert "ptrace: needs the target's memory at the hit" in r.stderr
+    r = dtproc("-x", "backend=uprobe", "-n", memory, "-c", f"{target} count 1")
+    assert r.returncode == 1
+    assert "cannot use the uprobe backend: clause 1" in r.stderr
+    assert "use -x backend=ptrace" in r.stderr

@@ -75,7 +75,9 @@ def test_semaphores_back_to_zero_after_release(usdt: tuple[Path, Path]) -> None:
     r = dtproc("-q", "-n", "usdtest$target:::inlined { @ = count(); }", "-c", str(exe))
     assert r.returncode == 0, r.stderr
     sems = [ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith("sem ")]
-    assert sems[0] == ["0", "0", "0", "0", "1"]  # only the enabled probe's semaphore
+    # Only the enabled probe's semaphore is raised (by 1 under ptrace; under uprobes the
+    # kernel raises it once per probed site: three here).
+    assert sems[0][:4] == ["0", "0", "0", "0"] and int(sems[0][4]) > 0
     assert int(r.stdout.split()[-1]) == 3  # inlined into main twice and into usdt_other
 
 

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import NoReturn, TextIO
 
 from dtproc import __version__
-from dtproc.d import DCompileError, OutputFormat, ProbeDescription
+from dtproc.d import DCompileError, OutputFormat
 from dtproc.d.sources import CompiledSet, Source, SourceKind, compile_sources
 from dtproc.errors import DtprocError
 from dtproc.probes.session import Session, SessionOptions, SourceMatches
@@ -341,14 +341,17 @@ def _matches(compiled: CompiledSet) -> list[SourceMatches]:
 
 
 def _list(session: Session, compiled: CompiledSet, out: TextIO) -> int:
-    descs: list[ProbeDescription] = [
-        d for c in compiled.program.clauses for d in c.descriptions if not (c.is_begin or c.is_end)
-    ]
+    """dtrace -l's table (USDT probes with their argument counts), then the backends."""
+    session.use(compiled.program, _matches(compiled), compiled.unmatched)
     out.write(f"{'ID':>5} {'PROVIDER':>10} {'MODULE':>17} {'FUNCTION':>33} NAME\n")
-    for site in session.list_probes(descs):
+    sites = session.list_probes()
+    for site in sites:
         i = site.info
         extra = f" ({len(site.usdt_args)} args)" if site.usdt_args else ""
         out.write(f"{i.id:5d} {i.provider:>10} {i.module:>17} {i.function:>33} {i.name}{extra}\n")
+    out.flush()
+    for line in session.explain_backends(sites):
+        print(f"{PROG}: {line}", file=sys.stderr)
     return E_SUCCESS
 
 

@@ -900,8 +900,10 @@ class Tracee:
             return
         if child not in self._threads:
             self._threads[child] = _Thread(child, new=True)
-        self._ctx.register(child, self)
         self._events.append(ThreadCreated(self.pid, child, th.tid))
+        # Its first stop may have been reaped before we knew whose it was: take it now.
+        for status in self._ctx.claim_orphan(child, self):
+            self._on_status(child, status)
 
     def _on_fork(self, th: _Thread, vfork: bool) -> None:
         child = ptrace.geteventmsg(th.tid)

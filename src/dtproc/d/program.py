@@ -78,6 +78,11 @@ class Options:
             return _INT_OPTIONS[name]
         return _parse_size(raw)
 
+    def size(self, name: str) -> int | None:
+        """A size option (``bufsize=4m``) in bytes, or None when it is not set."""
+        raw = self.values.get(name)
+        return None if not raw else _parse_size(raw)
+
     @property
     def quiet(self) -> bool:
         return self.is_set("quiet")

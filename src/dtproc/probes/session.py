@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from dtproc.control import Notification, NotificationKind, Process, Tracer
-from dtproc.d import OutputFormat, ProbeContext, ProbeDescription, Program, Runtime
+from dtproc.d import OutputFormat, ProbeContext, ProbeDescription, ProbeInfo, Program, Runtime
 from dtproc.errors import DtprocError, ProbeError
 from dtproc.events import Exec, signal_name
 from dtproc.modules import Module, ModuleMap
@@ -31,6 +31,12 @@ from dtproc.probes.backend import Backend, Placement
 from dtproc.probes.pid import PidProvider, module_may_load_later
 from dtproc.probes.ptrace_backend import PtraceBackend
 from dtproc.probes.sites import ProbeIds, ProbeSite
+from dtproc.probes.uprobe_backend import (
+    UprobeBackend,
+    UprobeOptions,
+    uprobe_eligible,
+    uprobes_available,
+)
 from dtproc.probes.usdt import UsdtProvider, usdt_provider_name, usdt_providers
 from dtproc.rendezvous import StopPoint
 from dtproc.rtld import ModulesChanged
@@ -111,7 +117,10 @@ class Session:
         self.interrupted = 0
         self.internal_errors = 0
         self._backend: Backend = PtraceBackend(self._fire)
+        self.backend_reasons: dict[int, tuple[bool, str]] = {}
         self._closed = False
+        self._stopped = False
+        self._drop_hint_given = False
         self._unmatched: Callable[[int, ProbeDescription], DtprocError] | None = None
 
     # ------------------------------------------------------------------ processes
@@ -195,24 +204,169 @@ class Session:
             for desc in clause.descriptions:
                 self._described.append(_Described(clause.index, desc, by_clause.get(clause.index)))
         self._grab_named_processes()
+        found: list[tuple[_Watched, _Described, list[ProbeSite]]] = []
         for d in self._described:
             for w in self._watched.values():
-                placed = self._place(w, d, w.proc.modules, None, here=False)
-                d.sites += placed
+                sites = self._match(w, d, w.proc.modules, None)
+                d.sites += len(sites)
+                if sites:
+                    found.append((w, d, sites))
             if d.source is not None:
                 d.source.matched += d.sites
         self._check_zero_matches()
+        self._backend = self._choose_backend([site for _, _, sites in found for site in sites])
+        for w, d, sites in found:
+            self._install(w, d, sites, here=False)
         return self._sources
 
-    def list_probes(self, descriptions: Sequence[ProbeDescription]) -> list[ProbeSite]:
-        """``-l``: the probes *descriptions* name in the controlled processes, by id."""
+    # ------------------------------------------------------------------ backends
+    def _choose_backend(self, sites: Sequence[ProbeSite]) -> Backend:
+        """ptrace, or kernel uprobes.
+
+        ``uprobe`` puts every clause on uprobes (refusing clauses that need the target's
+        memory at the hit). ``auto`` does so when every clause only counts: kernel
+        counters are exact and cost under a microsecond a hit. A sampled clause could
+        run there too, but a hot probe outruns any sample ring and loses hits (drops,
+        reported); ptrace stops the target instead and loses nothing, so under ``auto``
+        sampled clauses stay on ptrace unless you ask for ``-x backend=uprobe``.
+        """
+        program = self._require_program()
+        wanted = self.options.backend
+        verdicts = self._verdicts(program, sites)
+        self.backend_reasons = verdicts
+        available, why = uprobes_available()
+        use_uprobes = wanted == "uprobe" or (
+            wanted == "auto" and available and self._auto_wants_uprobes(program, verdicts)
+        )
+        if wanted == "uprobe":
+            if not available:
+                raise DtprocError(f"cannot use the uprobe backend: {why}")
+            for index, (ok, reason) in verdicts.items():
+                if not ok:
+                    raise DtprocError(
+                        f"cannot use the uprobe backend: clause {index + 1} "
+                        f"({self._clause_text(index)}) {reason}; use -x backend=ptrace"
+                    )
+        elif wanted == "auto" and not available and sites:
+            self.notice(f"using the ptrace backend: {why}")
+        if self.options.verbose:  # -v speaks even with -q, as dtrace's -v does
+            for line in self._explain(verdicts, "uprobe" if use_uprobes else "ptrace"):
+                print(f"{self.options.program_name}: {line}", file=self.err, flush=True)
+        if not use_uprobes:
+            return PtraceBackend(self._fire)
+        return UprobeBackend(
+            self._fire,
+            self._add_counts,
+            [c.needs for c in program.clauses],
+            report_drops=self._report_drops,
+            warn=self.notice,
+            options=UprobeOptions(ring_bytes=self._ring_bytes(program)),
+        )
+
+    @staticmethod
+    def _ring_bytes(program: Program) -> int:
+        """dtrace's bufsize option sizes each thread's sample ring (default 4 MiB)."""
+        size = program.options.size("bufsize")
+        return 4 << 20 if size is None else max(size, 4096)
+
+    def _verdicts(
+        self, program: Program, sites: Sequence[ProbeSite]
+    ) -> dict[int, tuple[bool, str]]:
+        """For each probe clause: can it run from a uprobe sample, and why (not)."""
+        by_clause: dict[int, list[ProbeSite]] = {}
+        for d in self._described:
+            by_clause.setdefault(d.clause, [])
+        for site in sites:
+            for d in self._described:
+                if d.desc.matches_probe(site.info):
+                    by_clause.setdefault(d.clause, []).append(site)
+        out: dict[int, tuple[bool, str]] = {}
+        for index, its_sites in by_clause.items():
+            needs = program.clauses[index].needs
+            verdict = uprobe_eligible(needs)
+            for site in its_sites:
+                if not verdict[0]:
+                    break
+                verdict = uprobe_eligible(needs, site)
+            out[index] = verdict
+        return out
+
+    def _auto_wants_uprobes(self, program: Program, verdicts: dict[int, tuple[bool, str]]) -> bool:
+        return bool(verdicts) and all(
+            ok and program.clauses[index].needs.pure_count for index, (ok, _) in verdicts.items()
+        )
+
+    def explain_backends(self, sites: Sequence[ProbeSite]) -> list[str]:
+        """For ``-l``: which backend each clause would use with these sites, and why."""
+        program = self._require_program()
+        verdicts = self._verdicts(program, sites)
+        available, why = uprobes_available()
+        wanted = self.options.backend
+        use = wanted == "uprobe" or (
+            wanted == "auto" and available and self._auto_wants_uprobes(program, verdicts)
+        )
+        lines = self._explain(verdicts, "uprobe" if use else "ptrace")
+        if wanted == "auto" and not available:
+            lines.append(f"uprobes are not available: {why}")
+        return lines
+
+    def _explain(self, verdicts: dict[int, tuple[bool, str]], chosen: str) -> list[str]:
+        program = self._require_program()
+        lines = []
+        for index, (ok, reason) in verdicts.items():
+            if chosen == "ptrace" and ok:
+                if self.options.backend == "ptrace":
+                    reason = "-x backend=ptrace"
+                elif not program.clauses[index].needs.pure_count:
+                    reason = (
+                        "it is sampled, and a hot probe outruns sample rings; ptrace loses "
+                        "no hit (-x backend=uprobe samples it without stopping the target)"
+                    )
+                else:
+                    reason = f"{reason}; but another clause of the program needs ptrace"
+            lines.append(f"clause {index + 1} ({self._clause_text(index)}): {chosen}: {reason}")
+        return lines
+
+    def _clause_text(self, index: int) -> str:
+        program = self._require_program()
+        return ", ".join(str(d) for d in program.clauses[index].descriptions)
+
+    def _add_counts(self, clause: int, probe: ProbeInfo, count: int) -> None:
+        rt = self._require_runtime()
+        with self._fire_lock:
+            rt.add_counts(clause, probe, count)
+
+    def _report_drops(self, count: int) -> None:
+        """Samples the kernel could not hand over: said at once, never silently."""
+        if count <= 0:
+            return
+        rt = self._require_runtime()
+        with self._fire_lock:
+            rt.drops += count
+            if not self._drop_hint_given:
+                self._drop_hint_given = True
+                hint = " (the target outran the sample rings: -x bufsize=64m, or "
+                hint += "-x backend=ptrace for exact results)"
+            else:
+                hint = ""
+            print(
+                f"{self.options.program_name}: {count} drop{'' if count == 1 else 's'}{hint}",
+                file=self.err,
+                flush=True,
+            )
+
+    def list_probes(self) -> list[ProbeSite]:
+        """``-l``: the probes the program's descriptions name in the processes, by id."""
+        program = self._require_program()
         found: dict[int, ProbeSite] = {}
-        for desc in descriptions:
-            self._described.append(_Described(-1, desc, None))
+        for clause in program.clauses:
+            if not (clause.is_begin or clause.is_end or clause.is_error):
+                for desc in clause.descriptions:
+                    self._described.append(_Described(clause.index, desc, None))
         self._grab_named_processes()
-        for desc in descriptions:
+        for d in self._described:
             for w in self._watched.values():
-                for site in self._sites_for(w, desc, w.proc.modules, None):
+                for site in self._sites_for(w, d.desc, w.proc.modules, None):
                     found.setdefault(site.info.id, site)
         return [found[k] for k in sorted(found)]
 
@@ -232,6 +386,21 @@ class Session:
                 proc = self.tracer.grab(pid)
                 self._watch(proc, from_command_line=False)
 
+    def _match(
+        self, w: _Watched, d: _Described, modules: ModuleMap, only: Sequence[Module] | None
+    ) -> list[ProbeSite]:
+        sites = self._sites_for(w, d.desc, modules, only)
+        if not sites and only is None and self._may_load_later(w, d.desc, modules):
+            d.pending = True
+        return sites
+
+    def _install(self, w: _Watched, d: _Described, sites: list[ProbeSite], *, here: bool) -> None:
+        placements = [Placement(site, (d.clause,)) for site in sites]
+        if here:
+            self._backend.enable_here(w.proc, placements)
+        else:
+            self._backend.enable(w.proc, placements)
+
     def _place(
         self,
         w: _Watched,
@@ -241,16 +410,9 @@ class Session:
         *,
         here: bool,
     ) -> int:
-        sites = self._sites_for(w, d.desc, modules, only)
-        if not sites:
-            if only is None and self._may_load_later(w, d.desc, modules):
-                d.pending = True
-            return 0
-        placements = [Placement(site, (d.clause,)) for site in sites]
-        if here:
-            self._backend.enable_here(w.proc, placements)
-        else:
-            self._backend.enable(w.proc, placements)
+        sites = self._match(w, d, modules, only)
+        if sites:
+            self._install(w, d, sites, here=here)
         return len(sites)
 
     def _sites_for(
@@ -376,10 +538,15 @@ class Session:
         self.tracer.interrupt_sleep()
 
     def stop(self) -> None:
-        """Remove every probe; processes keep running (grabbed) until close()."""
-        for w in self._watched.values():
-            self._backend.disable(w.proc)
-        self._backend.close()
+        """Remove every probe (counters are read then); processes run on until close()."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            for w in self._watched.values():
+                self._backend.disable(w.proc)
+        finally:
+            self._backend.close()
 
     def finish(self) -> int:
         """END, the aggregations (unless interrupted twice); the exit status."""
@@ -394,6 +561,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self.stop()  # Ctrl-C and error paths too: no uprobe, no breakpoint outlives us
         if self._owns_tracer:
             self.tracer.close()
         else:

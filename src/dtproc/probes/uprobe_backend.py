@@ -454,10 +454,17 @@ class UprobeBackend:
         self._wake.set()
 
     def disable(self, proc: Process) -> None:
+        """Fire what the rings still hold, deliver the counts, close every event of *proc*.
+
+        Raises the drain thread's failure, if it had one, once all that is done.
+        """
+        self._disable(proc)
+        self._raise_failure()
+
+    def _disable(self, proc: Process) -> None:
         with self._lock:
             st = self._procs.pop(proc.pid, None)
             if st is None:
-                self._raise_failure()
                 return
             st.closed = True
         try:
@@ -472,7 +479,6 @@ class UprobeBackend:
             self._deliver(counts)
         finally:
             st.close()
-        self._raise_failure()
 
     def close(self) -> None:
         """Disable every process still enabled and stop the drain thread."""
@@ -480,7 +486,7 @@ class UprobeBackend:
             procs = [st.proc for st in self._procs.values()]
         try:
             for proc in procs:
-                self.disable(proc)
+                self._disable(proc)
         finally:
             self._stopping = True
             self._wake.set()
