@@ -22,8 +22,8 @@ from dtproc.elf import ElfSymbol, SymbolType
 from dtproc.errors import DtprocError, ProbeError
 from dtproc.ifunc import IfuncResolver
 from dtproc.insn import ReturnKind, instruction_boundaries, return_sites
-from dtproc.modules import VDSO, Module, ModuleMap, canonical_name
-from dtproc.probes.sites import ProbeIds, ProbeKind, ProbeSite, ReturnHow
+from dtproc.modules import Module, ModuleMap, canonical_name
+from dtproc.probes.sites import ProbeIds, ProbeKind, ProbeSite, ReturnHow, candidate_modules
 
 ReadMemory = Callable[[int, int], bytes]
 
@@ -57,7 +57,7 @@ def module_may_load_later(desc: ProbeDescription, modules: ModuleMap) -> bool:
     pattern = desc.module
     if not pattern or pattern == "a.out":
         return False
-    return not any(m.matches(pattern) for m in modules if m.name != VDSO)
+    return not any(m.matches(pattern) for m in modules if not m.is_vdso)
 
 
 class PidProvider:
@@ -76,11 +76,7 @@ class PidProvider:
             return []
         resolver = IfuncResolver(modules, self._read)
         out: list[ProbeSite] = []
-        for module in only if only is not None else modules:
-            if module.name == VDSO or module.elf is None:
-                continue
-            if desc.module and not module.matches(desc.module):
-                continue
+        for module in candidate_modules(desc, modules, only):
             for fn in self._functions(module, desc.function, resolver, modules):
                 out.extend(self._sites_of(desc, fn))
         return out

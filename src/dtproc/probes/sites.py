@@ -11,9 +11,11 @@ from __future__ import annotations
 import enum
 import itertools
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from dtproc.d import ProbeInfo
+from dtproc.d import ProbeDescription, ProbeInfo
+from dtproc.modules import Module, ModuleMap
 from dtproc.sdt import SdtArg
 
 
@@ -54,6 +56,17 @@ class ProbeSite:
 
     def __str__(self) -> str:
         return str(self.info)
+
+
+def candidate_modules(
+    desc: ProbeDescription, modules: ModuleMap, only: Sequence[Module] | None
+) -> Iterator[Module]:
+    """The modules a description's module field names (of *only*, when given: new ones)."""
+    for module in only if only is not None else modules:
+        if module.elf is None or module.is_vdso:
+            continue  # the vDSO is no file: uprobes cannot attach there
+        if not desc.module or module.matches(desc.module):
+            yield module
 
 
 class ProbeIds:

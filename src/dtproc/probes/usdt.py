@@ -26,9 +26,9 @@ from typing import Final, NamedTuple
 
 from dtproc.d import ProbeDescription, ProbeInfo
 from dtproc.errors import DtprocError, ProbeError
-from dtproc.modules import VDSO, Module, ModuleMap, canonical_name
+from dtproc.modules import Module, ModuleMap, canonical_name
 from dtproc.probes.pid import file_position
-from dtproc.probes.sites import ProbeIds, ProbeKind, ProbeSite
+from dtproc.probes.sites import ProbeIds, ProbeKind, ProbeSite, candidate_modules
 from dtproc.sdt import SdtArg, SdtArgKind, SdtProbe
 
 __all__ = [
@@ -74,7 +74,7 @@ def _function_of(module: Module, note: SdtProbe) -> _Function:
 
 def _notes(module: Module, pid: int | None) -> Sequence[SdtProbe]:
     """The module's USDT notes; a malformed note is reported with the process it is in."""
-    if module.name == VDSO or module.elf is None:
+    if module.is_vdso or module.elf is None:
         return ()
     try:
         return module.elf.sdt_probes()
@@ -123,9 +123,7 @@ class UsdtProvider:
     ) -> list[ProbeSite]:
         """Every USDT site *desc* names in *modules* (or just in *only*, e.g. newly loaded ones)."""
         out: list[ProbeSite] = []
-        for module in only if only is not None else modules:
-            if desc.module and not module.matches(desc.module):
-                continue
+        for module in candidate_modules(desc, modules, only):
             for note in _notes(module, self.pid):
                 site = self._match(desc, module, note)
                 if site is not None:
@@ -141,9 +139,9 @@ class UsdtProvider:
         if not desc.field_matches(2, fn.name):
             return None
         info = ProbeInfo(
-            self._ids.id_for(provider, module.name, fn.name, name),
+            self._ids.id_for(provider, module.object_name, fn.name, name),
             provider,
-            module.name,
+            module.object_name,
             fn.name,
             name,
         )
