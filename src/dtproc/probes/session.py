@@ -45,6 +45,7 @@ from dtproc.ustack import Symbolizer
 # A provider with a process id: pid1234, python1234 (dtrace grabs the process it names).
 _PROCESS_PROVIDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*?([0-9]+)\Z")
 _WAKE = 0.25
+AUTO_UPROBE_SITES = 16  # above this many probes, auto keeps to ptrace (see _auto_wants_uprobes)
 
 
 @dataclass
@@ -236,7 +237,7 @@ class Session:
         self.backend_reasons = verdicts
         available, why = uprobes_available()
         use_uprobes = wanted == "uprobe" or (
-            wanted == "auto" and available and self._auto_wants_uprobes(program, verdicts)
+            wanted == "auto" and available and self._auto_wants_uprobes(program, verdicts, sites)
         )
         if wanted == "uprobe":
             if not available:
@@ -250,7 +251,8 @@ class Session:
         elif wanted == "auto" and not available and sites:
             self.notice(f"using the ptrace backend: {why}")
         if self.options.verbose:  # -v speaks even with -q, as dtrace's -v does
-            for line in self._explain(verdicts, "uprobe" if use_uprobes else "ptrace"):
+            chosen = "uprobe" if use_uprobes else "ptrace"
+            for line in self._explain(verdicts, chosen, len(sites)):
                 print(f"{self.options.program_name}: {line}", file=self.err, flush=True)
         if not use_uprobes:
             return PtraceBackend(self._fire)
@@ -291,9 +293,19 @@ class Session:
             out[index] = verdict
         return out
 
-    def _auto_wants_uprobes(self, program: Program, verdicts: dict[int, tuple[bool, str]]) -> bool:
-        return bool(verdicts) and all(
-            ok and program.clauses[index].needs.pure_count for index, (ok, _) in verdicts.items()
+    def _auto_wants_uprobes(
+        self, program: Program, verdicts: dict[int, tuple[bool, str]], sites: Sequence[ProbeSite]
+    ) -> bool:
+        """Counting clauses on few probes: there uprobes pay off. Each uprobe event costs
+        the kernel ~25 ms to open and ~0.1 s to close here (an RCU grace period, serialised),
+        per probe and per thread, while a breakpoint costs microseconds to place."""
+        return (
+            bool(verdicts)
+            and len(sites) <= AUTO_UPROBE_SITES
+            and all(
+                ok and program.clauses[index].needs.pure_count
+                for index, (ok, _) in verdicts.items()
+            )
         )
 
     def explain_backends(self, sites: Sequence[ProbeSite]) -> list[str]:
@@ -303,20 +315,27 @@ class Session:
         available, why = uprobes_available()
         wanted = self.options.backend
         use = wanted == "uprobe" or (
-            wanted == "auto" and available and self._auto_wants_uprobes(program, verdicts)
+            wanted == "auto" and available and self._auto_wants_uprobes(program, verdicts, sites)
         )
-        lines = self._explain(verdicts, "uprobe" if use else "ptrace")
+        lines = self._explain(verdicts, "uprobe" if use else "ptrace", len(sites))
         if wanted == "auto" and not available:
             lines.append(f"uprobes are not available: {why}")
         return lines
 
-    def _explain(self, verdicts: dict[int, tuple[bool, str]], chosen: str) -> list[str]:
+    def _explain(
+        self, verdicts: dict[int, tuple[bool, str]], chosen: str, n_sites: int
+    ) -> list[str]:
         program = self._require_program()
         lines = []
         for index, (ok, reason) in verdicts.items():
             if chosen == "ptrace" and ok:
                 if self.options.backend == "ptrace":
                     reason = "-x backend=ptrace"
+                elif n_sites > AUTO_UPROBE_SITES and program.clauses[index].needs.pure_count:
+                    reason = (
+                        f"{n_sites} probes: uprobe events take the kernel ~0.1 s each to set up "
+                        "and remove, breakpoints microseconds (-x backend=uprobe to insist)"
+                    )
                 elif not program.clauses[index].needs.pure_count:
                     reason = (
                         "it is sampled, and a hot probe outruns sample rings; ptrace loses "
