@@ -193,7 +193,7 @@ def run_dtproc(
             text=True,
         )
         if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(argv)}: status {done.returncode}: {done.stderr}")
+            raise RuntimeError(f"{shlex.join(argv)}: status {done.returncode}:\n{done.stderr}")
         text = out.read_text() if out.exists() else ""
     return DtprocRun(aggregation_counts(text), done.stderr)
 

@@ -19,12 +19,19 @@ exit. Two costs per hit, each ``(T(N) - T(0)) / N`` from medians of interleaved 
 A tight loop makes samples far faster than Python drains them, so most are dropped
 (and reported); the notes give the tracer's CPU per sample it did deliver. The uprobe
 backend gets 32 MiB rings here (``UprobeOptions.ring_bytes``), as ``-b 32m`` would.
+
+``--part idle`` measures the drain thread while nothing happens: a target whose threads
+all sleep (each one has its ring) under ``@ = sum(arg0)``, the tracer's CPU per second of
+that, then the latency of lone hits (a byte written to the target, which makes one call;
+until the clause fires) -- such a hit is below any ring's wakeup mark, so the drain
+thread's timer decides.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import queue
 import re
 import resource
 import statistics
@@ -36,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _harness import (
+    Distribution,
+    Grid,
+    Reportable,
     Stats,
     Table,
     build,
@@ -53,6 +63,53 @@ from dtproc.probes.pid import PidProvider
 from dtproc.probes.ptrace_backend import PtraceBackend
 from dtproc.probes.sites import ProbeIds
 from dtproc.probes.uprobe_backend import UprobeBackend, UprobeOptions
+
+IDLE_TARGET = r"""
+/* THREADS threads sleep in read(2); the main thread calls idle_tick once per byte read
+ * from stdin (and says "tick"), and ends them all at EOF. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int gate[2];
+
+__attribute__((noinline)) long idle_tick(long a, long b) {
+    __asm__ volatile("" ::: "memory");
+    return a + b;
+}
+
+static void *sleeper(void *arg) {
+    char c;
+    (void)arg;
+    return read(gate[0], &c, 1) < 0 ? arg : NULL;
+}
+
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 0;
+    pthread_t tids[256];
+    char c;
+    long n = 0;
+    if (threads > 256 || pipe(gate))
+        return 2;
+    for (int t = 0; t < threads; t++)
+        pthread_create(&tids[t], NULL, sleeper, NULL);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready\n");
+    while (read(0, &c, 1) == 1) {
+        idle_tick(n, n);
+        n++;
+        printf("tick\n");
+    }
+    close(gate[1]);
+    for (int t = 0; t < threads; t++)
+        pthread_join(tids[t], NULL);
+    return 0;
+}
+"""
+IDLE_CLAUSE = "pid$target:a.out:idle_tick:entry { @ = sum(arg0); }"
+IDLE_THREADS = (1, 64)
+IDLE_COLUMNS = ("tracer CPU", "lone hit: median", "p90", "max", "hits")
 
 FUNCTIONS = {"push %rbp": ("push", "work_push"), "mov disp(%rip)": ("rip", "work_rip")}
 CLAUSES = {
@@ -117,59 +174,81 @@ def loop_seconds(line: str) -> float:
     return int(found.group(1)) / 1e9
 
 
+class Traced:
+    """A program created under the tracer (stopped at main), a D program placed on it by one
+    of our backends and the program resumed, as a session does it; pipes to talk to it."""
+
+    def __init__(self, argv: Sequence[str], text: str, kind: str, options: UprobeOptions) -> None:
+        self.lock = threading.Lock()
+        self.drops = 0
+        self.fired: queue.Queue[float] = queue.Queue()  # when each hit fired (monotonic)
+        self.tracer = Tracer()
+        to_child, to_us = os.pipe()
+        from_child, from_us = os.pipe()
+        self.to = os.fdopen(to_us, "wb", buffering=0)
+        self.frm = os.fdopen(from_child, "rb")
+        try:
+            self.proc = self.tracer.create(list(argv), stop_at="main",
+                                           stdin=to_child, stdout=from_us)  # fmt: skip
+        finally:
+            os.close(to_child)
+            os.close(from_us)
+        program = compile_program(text, macros={"target": self.proc.pid})
+        self.rt = Runtime(program, io.StringIO())
+        self.backend: PtraceBackend | UprobeBackend = (
+            PtraceBackend(self.fire) if kind == "ptrace" else
+            UprobeBackend(self.fire, self.add_counts, [c.needs for c in program.clauses],
+                          report_drops=self.dropped, options=options)
+        )  # fmt: skip
+        provider = PidProvider(self.proc.pid, self.proc.read, ProbeIds())
+        sites = provider.sites(program.clauses[0].descriptions[0], self.proc.modules)
+        self.backend.enable(self.proc, [Placement(s, (0,)) for s in sites])
+        self.tracer.resume(self.proc)
+
+    def fire(self, clauses: Sequence[int], ctx: ProbeContext) -> None:
+        with self.lock:
+            self.rt.fire_probe(clauses, ctx)
+        self.fired.put(time.monotonic())
+
+    def add_counts(self, clause: int, probe: ProbeInfo, k: int) -> None:
+        with self.lock:
+            self.rt.add_counts(clause, probe, k)
+
+    def dropped(self, k: int) -> None:
+        self.drops += k
+
+    def finish(self) -> None:
+        """Let the program exit (EOF on its stdin), then disable, close and run END."""
+        self.to.close()
+        while self.proc.end is None:
+            self.tracer.sleep(0.05)
+        self.backend.disable(self.proc)
+        self.backend.close()
+        self.rt.end()
+
+    def __enter__(self) -> Traced:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.to.close()
+        self.frm.close()
+        self.tracer.close()
+
+
 def run_dtproc(kind: str) -> Runner:
     """A run under one of our backends, driven as a session drives it."""
 
     def run(exe: Path, work: Work, n: int) -> Sample:
         cpu = cpu_now()
         own = time.process_time()
-        out = io.StringIO()
-        lock = threading.Lock()
-        drops = [0]
-        tracer = Tracer()
-        to_child, to_us = os.pipe()
-        from_child, from_us = os.pipe()
-        try:
-            proc = tracer.create([str(exe), work.mode, str(n)], stop_at="main",
-                                 stdin=to_child, stdout=from_us)  # fmt: skip
-            os.close(to_child)
-            os.close(from_us)
-            text = f"pid$target:a.out:{work.symbol}:entry {{ {CLAUSES[work.clause]} }}"
-            program = compile_program(text, macros={"target": proc.pid})
-            rt = Runtime(program, out)
-
-            def fire(clauses: Sequence[int], ctx: ProbeContext) -> None:
-                with lock:
-                    rt.fire_probe(clauses, ctx)
-
-            def add_counts(clause: int, probe: ProbeInfo, k: int) -> None:
-                with lock:
-                    rt.add_counts(clause, probe, k)
-
-            def dropped(k: int) -> None:
-                drops[0] += k
-
-            backend: PtraceBackend | UprobeBackend = (
-                PtraceBackend(fire) if kind == "ptrace" else
-                UprobeBackend(fire, add_counts, [c.needs for c in program.clauses],
-                              report_drops=dropped, options=UprobeOptions(RING_BYTES))
-            )  # fmt: skip
-            provider = PidProvider(proc.pid, proc.read, ProbeIds())
-            sites = provider.sites(program.clauses[0].descriptions[0], proc.modules)
-            backend.enable(proc, [Placement(s, (0,)) for s in sites])
-            tracer.resume(proc)
-            with os.fdopen(to_us, "wb", buffering=0) as w, os.fdopen(from_child, "rb") as r:
-                r.readline()
-                w.write(b"g")
-                loop = loop_seconds(r.readline().decode())
-            while proc.end is None:
-                tracer.sleep(0.05)
-            backend.disable(proc)
-            backend.close()
-            rt.end()
-        finally:
-            tracer.close()
-        return Sample(loop, cpu_now() - cpu, time.process_time() - own, drops[0])
+        text = f"pid$target:a.out:{work.symbol}:entry {{ {CLAUSES[work.clause]} }}"
+        argv = [str(exe), work.mode, str(n)]
+        with Traced(argv, text, kind, UprobeOptions(RING_BYTES)) as traced:
+            traced.frm.readline()
+            traced.to.write(b"g")
+            loop = loop_seconds(traced.frm.readline().decode())
+            traced.finish()
+        return Sample(loop, cpu_now() - cpu, time.process_time() - own, traced.drops)
 
     return run
 
@@ -236,26 +315,91 @@ def rows(quick: bool) -> list[Work]:
     return out
 
 
-def main() -> None:
-    opts, _ = options(__doc__.splitlines()[0], runs=5)
+@dataclass
+class Idle:
+    """The tracer's CPU share while the target idled, and the latency of lone hits after."""
+
+    cpu: float
+    latencies: list[float]
+
+
+def run_idle(exe: Path, threads: int, seconds: float, ticks: int) -> Idle:
+    """One idle target with *threads* sleeping threads, under the uprobe backend."""
+    with Traced([str(exe), str(threads)], IDLE_CLAUSE, "uprobe", UprobeOptions(1 << 16)) as t:
+        t.frm.readline()  # ready: every thread exists, and has its ring
+        own = time.process_time()
+        time.sleep(seconds)
+        cpu = (time.process_time() - own) / seconds
+        latencies = []
+        for _ in range(ticks):
+            sent = time.monotonic()
+            t.to.write(b"t")
+            t.frm.readline()
+            latencies.append(t.fired.get(timeout=5) - sent)
+            time.sleep(0.137)  # out of step with any timer of the drain thread
+        t.finish()
+    return Idle(cpu, latencies)
+
+
+def measure_idle(runs: int, quick: bool) -> Grid:
+    exe = build("idle_threads", "-O2", "-pthread", source=IDLE_TARGET)
+    seconds, ticks = (1.0, 5) if quick else (3.0, 20)
+    grid = Grid(
+        "The drain thread while the target idles: tracer CPU per second, and the latency of "
+        f"lone hits (medians of {runs} runs for the CPU)",
+        "sleeping threads, each with a ring",
+        IDLE_COLUMNS,
+    )
+    for threads in IDLE_THREADS:
+        results = [run_idle(exe, threads, seconds, ticks) for _ in range(runs)]
+        cpu = statistics.median(r.cpu for r in results)
+        lone = Distribution.of([x for r in results for x in r.latencies])
+        row = str(threads)
+        grid.add(row, "tracer CPU", cpu, f"{cpu:.2%}")
+        grid.add(row, "lone hit: median", lone.median, format_seconds(lone.median))
+        grid.add(row, "p90", lone.p90, format_seconds(lone.p90))
+        grid.add(row, "max", lone.max, format_seconds(lone.max))
+        grid.add(row, "hits", lone.samples, str(lone.samples))
+    return grid
+
+
+def measure_hits(runs: int, quick: bool) -> tuple[list[Reportable], list[str]]:
+    """The per-hit tables, and a note per row."""
     exe = build("up_work", "-O2", "-pthread")
     runners: dict[str, Runner] = {"uprobe backend": run_dtproc("uprobe")}
     if have("bpftrace"):
         runners["bpftrace"] = run_bpftrace
     runners["ptrace backend"] = run_dtproc("ptrace")
-    title = f"per hit, (T(N) - T(0)) / N, medians of {opts.runs} runs (ratio to bpftrace)"
+    title = f"per hit, (T(N) - T(0)) / N, medians of {runs} runs (ratio to bpftrace)"
     target = Table(f"Cost in the target {title}", "clause", COLUMNS, baseline="bpftrace")
     cpu = Table(f"CPU, tracer and target, {title}", "clause", COLUMNS, baseline="bpftrace")
     notes: list[str] = []
-    started = time.monotonic()
-    for work in rows(opts.quick):
-        row = measure_row(exe, work, runners, opts.runs)
+    for work in rows(quick):
+        row = measure_row(exe, work, runners, runs)
         for column in runners:
             target.add(work.label, column, row.in_target[column])
             cpu.add(work.label, column, row.cpu[column])
         notes.append(note(work, target, row))
+    return [target, cpu], notes
+
+
+def main() -> None:
+    opts, args = options(
+        __doc__.splitlines()[0],
+        runs=5,
+        extra=lambda p: p.add_argument(
+            "--part", choices=("hits", "idle", "all"), default="all", help="what to measure"
+        ),
+    )
+    tables: list[Reportable] = []
+    notes: list[str] = []
+    started = time.monotonic()
+    if args.part in ("hits", "all"):
+        tables, notes = measure_hits(opts.runs, opts.quick)
+    if args.part in ("idle", "all"):
+        tables.append(measure_idle(opts.runs, opts.quick))
     notes.append(f"(measured in {time.monotonic() - started:.0f} s)")
-    report("uprobe_backend", opts, [target, cpu], notes)
+    report("uprobe_backend", opts, tables, notes)
 
 
 def note(work: Work, target: Table, row: Row) -> str:

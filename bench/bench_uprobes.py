@@ -7,6 +7,11 @@ start-up costs stay outside), T(N) and T(0) are medians of a few runs, and the
 per-hit cost is (T(N) - T(0)) / N.
 
     PYTHONPATH=src python bench/bench_uprobes.py [--runs 3] [--n 100000 1000000]
+
+``--decode`` measures the reading side instead: microseconds per sample to decode a
+PERF_RECORD_SAMPLE of the layout uprobe samples have (``RecordParser.parse_sample``, on
+records packed here), and to turn real rings of samples into ``UprobeSample`` objects
+(``SampleRing.drain``, bytes read out of the ring included), with and without a stack copy.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ import argparse
 import re
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dtproc._sys import perf
 from dtproc.elf import ElfFile
-from dtproc.uprobes import Scope, UprobeCounter, UprobeSpec
+from dtproc.uprobes import SampleOptions, SampleRing, Scope, UprobeCounter, UprobeSpec
 
 TARGET_SRC = Path(__file__).resolve().parent.parent / "tests" / "targets" / "up_work.c"
 FUNCTIONS = {"push": "work_push", "rip": "work_rip"}
@@ -100,10 +108,82 @@ def ratios(cost: dict[str, float]) -> str:
     return ", ".join(out)
 
 
+# What a uprobe sample carries (dtproc.uprobes asks for this, plus STACK_USER with a stack).
+SAMPLE_TYPE = (
+    perf.SampleType.IDENTIFIER
+    | perf.SampleType.IP
+    | perf.SampleType.TID
+    | perf.SampleType.TIME
+    | perf.SampleType.CPU
+    | perf.SampleType.REGS_USER
+)
+DECODED = 2000  # samples per timed batch
+
+
+def packed_sample(stack_bytes: int) -> tuple[perf.RecordParser, bytes]:
+    """A parser for uprobe samples copying *stack_bytes*, and one record body it reads."""
+    regs = perf.X86_64_USER_REGS
+    sample_type = SAMPLE_TYPE | (perf.SampleType.STACK_USER if stack_bytes else 0)
+    parser = perf.RecordParser(perf.SampleType(sample_type), perf.regs_mask(regs))
+    body = struct.pack("<QQIIQII", 1, 0x401000, 100, 101, 123456789, 1, 0)
+    body += struct.pack(f"<Q{len(regs)}Q", perf.RegsAbi.ABI_64, *range(len(regs)))
+    if stack_bytes:
+        body += struct.pack("<Q", stack_bytes) + bytes(stack_bytes) + struct.pack("<Q", 64)
+    return parser, body
+
+
+def parse_seconds(stack_bytes: int, runs: int) -> float:
+    """Per sample, the fastest of *runs* batches of DECODED ``parse_sample`` calls."""
+    parser, body = packed_sample(stack_bytes)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(DECODED):
+            parser.parse_sample(body)
+        best = min(best, (time.perf_counter() - start) / DECODED)
+    return best
+
+
+def drain_seconds(exe: Path, stack_bytes: int, runs: int) -> float:
+    """Per sample, the fastest SampleRing.drain of DECODED real samples of *runs* runs."""
+    spec = UprobeSpec(str(exe), file_offset(exe, FUNCTIONS["push"]))
+    best = float("inf")
+    for _ in range(runs):
+        proc = subprocess.Popen(
+            [exe, "push", str(DECODED)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdout.readline()  # ready
+            opts = SampleOptions(stack_bytes=stack_bytes, ring_pages=1024)
+            with SampleRing.open([spec], proc.pid, Scope.THREAD, opts) as ring:
+                proc.stdin.write("g")
+                proc.stdin.flush()
+                proc.stdout.readline()  # done: every sample is in the ring
+                start = time.perf_counter()
+                got = len(ring.drain())
+                best = min(best, (time.perf_counter() - start) / DECODED)
+                if got != DECODED or ring.lost:
+                    raise RuntimeError(f"drained {got} of {DECODED}, {ring.lost} lost")
+        finally:
+            proc.kill()
+            proc.wait()
+    return best
+
+
+def decode(exe: Path, runs: int) -> None:
+    print(f"{'stack copy':>10} {'parse_sample':>14} {'drain':>14}   (per sample, best of {runs})")
+    for stack_bytes in (0, 512):
+        parse = parse_seconds(stack_bytes, runs)
+        drain = drain_seconds(exe, stack_bytes, runs)
+        print(f"{stack_bytes:>8} B {parse * 1e6:>11.2f} µs {drain * 1e6:>11.2f} µs", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--decode", action="store_true", help="time decoding samples instead")
     args = parser.parse_args()
     methods: dict[str, Runner] = {
         "plain": run_plain,
@@ -118,6 +198,9 @@ def main() -> None:
         exe = Path(tmp) / "up_work"
         cmd = ["gcc", "-O2", "-pthread", "-o", str(exe), str(TARGET_SRC)]
         subprocess.run(cmd, check=True)
+        if args.decode:
+            decode(exe, max(args.runs, 5))
+            return
         print(f"{'function':8} {'N':>9} " + " ".join(f"{m:>15}" for m in methods) + "   ratios")
         for mode in FUNCTIONS:
             for n in args.n:

@@ -350,3 +350,35 @@ def test_backend_choice_is_explained(target: Path) -> None:
     assert r.returncode == 1
     assert "cannot use the uprobe backend: clause 1" in r.stderr
     assert "use -x backend=ptrace" in r.stderr
+
+
+VEX_TARGET = r"""
+#include <stdio.h>
+void fill(unsigned char *out, int c);
+__asm__(".text\n.globl fill\n.type fill,@function\nfill:\n"
+        "  vmovd %esi, %xmm1\n  vpbroadcastb %xmm1, %xmm1\n  vmovdqu %xmm1, (%rdi)\n  ret\n"
+        ".size fill, .-fill\n");
+int main(void) {
+    unsigned char buf[16];
+    int bad = 0;
+    for (int i = 0; i < 200; i++) {
+        fill(buf, i & 0xff);
+        for (int j = 0; j < 16; j++) if (buf[j] != (i & 0xff)) { bad++; break; }
+    }
+    printf("bad %d\n", bad);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(), reason="needs AVX2")
+def test_vex_instructions_never_go_to_uprobes(build: Builder) -> None:
+    """The kernel's uprobes run VEX/EVEX instructions wrongly here: never put one there."""
+    exe = build("vex_target", "-O2", source=VEX_TARGET)
+    program = "pid$target:a.out:fill:entry { @ = count(); }"
+    r = dtproc("-q", "-n", program, "-c", str(exe))  # auto: counting, one probe
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[:2] == ["bad", "0"] and last_number(r.stdout) == 200
+    r = dtproc("-x", "backend=uprobe", "-n", program, "-c", str(exe))
+    assert r.returncode == 1
+    assert "cannot use the uprobe backend" in r.stderr and "VEX-encoded" in r.stderr, r.stderr

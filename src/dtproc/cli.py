@@ -350,7 +350,7 @@ def _list(session: Session, compiled: CompiledSet, out: TextIO) -> int:
         extra = f" ({len(site.usdt_args)} args)" if site.usdt_args else ""
         out.write(f"{i.id:5d} {i.provider:>10} {i.module:>17} {i.function:>33} {i.name}{extra}\n")
     out.flush()
-    for line in session.explain_backends(sites):
+    for line in session.explain_backends():
         print(f"{PROG}: {line}", file=sys.stderr)
     return E_SUCCESS
 

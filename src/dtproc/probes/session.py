@@ -37,6 +37,7 @@ from dtproc.probes.uprobe_backend import (
     uprobe_eligible,
     uprobes_available,
 )
+from dtproc.probes.uprobe_safety import uprobe_hazard
 from dtproc.probes.usdt import UsdtProvider, usdt_provider_name, usdt_providers
 from dtproc.rendezvous import StopPoint
 from dtproc.rtld import ModulesChanged
@@ -119,6 +120,7 @@ class Session:
         self.internal_errors = 0
         self._backend: Backend = PtraceBackend(self._fire)
         self.backend_reasons: dict[int, tuple[bool, str]] = {}
+        self._clause_sites: dict[int, list[ProbeSite]] = {}
         self._closed = False
         self._stopped = False
         self._drop_hint_given = False
@@ -215,13 +217,49 @@ class Session:
             if d.source is not None:
                 d.source.matched += d.sites
         self._check_zero_matches()
-        self._backend = self._choose_backend([site for _, _, sites in found for site in sites])
-        for w, d, sites in found:
-            self._install(w, d, sites, here=False)
+        for d in self._described:  # pending ones too: their sites may come with a library
+            self._clause_sites.setdefault(d.clause, [])
+        for _, d, sites in found:
+            self._clause_sites[d.clause].extend(sites)
+        self._backend = self._choose_backend()
+        try:
+            for w, d, sites in found:
+                self._install(w, d, sites, here=False)
+        except ProbeError as exc:
+            if self.options.backend != "auto" or isinstance(self._backend, PtraceBackend):
+                raise
+            # The kernel refused a site (an instruction uprobes cannot take): start over
+            # on ptrace, which can take any instruction, rather than fail the run.
+            self.notice(f"using the ptrace backend: {exc}")
+            self._abandon_backend()
+            self._backend = PtraceBackend(self._fire)
+            for w, d, sites in found:
+                self._install(w, d, sites, here=False)
         return self._sources
 
+    def _without_hazards(self, sites: list[ProbeSite]) -> list[ProbeSite]:
+        safe = []
+        for site in sites:
+            hazard = uprobe_hazard(site)
+            if hazard is None:
+                safe.append(site)
+            else:
+                print(
+                    f"{self.options.program_name}: not probing {site}: {hazard}",
+                    file=self.err,
+                    flush=True,
+                )
+        return safe
+
+    def _abandon_backend(self) -> None:
+        try:
+            for w in self._watched.values():
+                self._backend.disable(w.proc)
+        finally:
+            self._backend.close()
+
     # ------------------------------------------------------------------ backends
-    def _choose_backend(self, sites: Sequence[ProbeSite]) -> Backend:
+    def _choose_backend(self) -> Backend:
         """ptrace, or kernel uprobes.
 
         ``uprobe`` puts every clause on uprobes (refusing clauses that need the target's
@@ -233,7 +271,8 @@ class Session:
         """
         program = self._require_program()
         wanted = self.options.backend
-        verdicts = self._verdicts(program, sites)
+        verdicts = self._verdicts(program)
+        sites = [site for its in self._clause_sites.values() for site in its]
         self.backend_reasons = verdicts
         available, why = uprobes_available()
         use_uprobes = wanted == "uprobe" or (
@@ -271,25 +310,19 @@ class Session:
         size = program.options.size("bufsize")
         return 4 << 20 if size is None else max(size, 4096)
 
-    def _verdicts(
-        self, program: Program, sites: Sequence[ProbeSite]
-    ) -> dict[int, tuple[bool, str]]:
+    def _verdicts(self, program: Program) -> dict[int, tuple[bool, str]]:
         """For each probe clause: can it run from a uprobe sample, and why (not)."""
-        by_clause: dict[int, list[ProbeSite]] = {}
-        for d in self._described:
-            by_clause.setdefault(d.clause, [])
-        for site in sites:
-            for d in self._described:
-                if d.desc.matches_probe(site.info):
-                    by_clause.setdefault(d.clause, []).append(site)
         out: dict[int, tuple[bool, str]] = {}
-        for index, its_sites in by_clause.items():
+        for index, its_sites in sorted(self._clause_sites.items()):
             needs = program.clauses[index].needs
             verdict = uprobe_eligible(needs)
             for site in its_sites:
                 if not verdict[0]:
                     break
                 verdict = uprobe_eligible(needs, site)
+                hazard = uprobe_hazard(site) if verdict[0] else None
+                if hazard is not None:
+                    verdict = (False, f"{site}: {hazard}")
             out[index] = verdict
         return out
 
@@ -308,10 +341,11 @@ class Session:
             )
         )
 
-    def explain_backends(self, sites: Sequence[ProbeSite]) -> list[str]:
-        """For ``-l``: which backend each clause would use with these sites, and why."""
+    def explain_backends(self) -> list[str]:
+        """For ``-l``: which backend each clause would use with the probes listed, and why."""
         program = self._require_program()
-        verdicts = self._verdicts(program, sites)
+        verdicts = self._verdicts(program)
+        sites = [site for its in self._clause_sites.values() for site in its]
         available, why = uprobes_available()
         wanted = self.options.backend
         use = wanted == "uprobe" or (
@@ -385,7 +419,9 @@ class Session:
         self._grab_named_processes()
         for d in self._described:
             for w in self._watched.values():
-                for site in self._sites_for(w, d.desc, w.proc.modules, None):
+                sites = self._sites_for(w, d.desc, w.proc.modules, None)
+                self._clause_sites.setdefault(d.clause, []).extend(sites)
+                for site in sites:
                     found.setdefault(site.info.id, site)
         return [found[k] for k in sorted(found)]
 
@@ -414,6 +450,8 @@ class Session:
         return sites
 
     def _install(self, w: _Watched, d: _Described, sites: list[ProbeSite], *, here: bool) -> None:
+        if not isinstance(self._backend, PtraceBackend):
+            sites = self._without_hazards(sites)  # sites of libraries loaded later
         placements = [Placement(site, (d.clause,)) for site in sites]
         if here:
             self._backend.enable_here(w.proc, placements)
