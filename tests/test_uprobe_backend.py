@@ -161,6 +161,7 @@ class Run:
         self.out = io.StringIO()
         self.err = io.StringIO()
         self.drops = 0
+        self.fired = 0
         self.lock = threading.Lock()
         self.specs: list[UprobeSpec] = []
         self.ids = ProbeIds()
@@ -170,6 +171,7 @@ class Run:
         assert self.rt is not None
         with self.lock:
             self.rt.fire_probe(clauses, ctx)
+            self.fired += 1
 
     def add_counts(self, clause: int, probe: ProbeInfo, n: int) -> None:
         assert self.rt is not None
@@ -247,8 +249,12 @@ def trace(
     options: UprobeOptions | None = None,
     sites_for: SitesFor = pid_sites,
     workload: Workload = once,
+    cpu: int | None = None,
 ) -> Outcome:
-    """Run *argv* (a protocol-speaking target) traced by *text* under backend *kind*."""
+    """Run *argv* (a protocol-speaking target) traced by *text* under backend *kind*.
+
+    With *cpu*, the target and the threads it creates run on that CPU only.
+    """
     run = Run(kind, text, options)
     outcome = Outcome()
     tracer = Tracer()
@@ -264,6 +270,8 @@ def trace(
             target = create(tracer, argv)
         target.never_stopped = kind == "uprobe"
         proc = target.proc
+        if cpu is not None:
+            os.sched_setaffinity(proc.pid, {cpu})
         backend = run.backend(proc)
         run.place(proc, backend, sites_for, here=False)
         with run.lock:
@@ -456,6 +464,32 @@ def test_lost_samples_are_reported_as_drops(ub_work: Path, reaper: object) -> No
     ours = trace("uprobe", [ub_work, "wait", n, 0], text, reaper=reaper, options=tiny)
     assert ours.drops > 0 and sum(numbers(ours.output)) + ours.drops == n
     assert re.search(r"dtproc: \d+ drops? on CPU", ours.errors)
+
+
+def test_cpu_is_the_one_the_hit_happened_on(ub_work: Path, reaper: object) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    text = "pid$target:a.out:ub_push:entry { @[cpu] = count(); }"
+    ours, oracle = both([ub_work, "wait", 200, 2], text, reaper, cpu=cpu)
+    assert keyed(ours.output) == keyed(oracle.output) == {str(cpu): 400}
+
+
+def test_the_drain_thread_wakes_when_threads_exit(ub_work: Path, reaper: object) -> None:
+    """Not on its timer (a minute here): the rings of exited threads say so to poll(2)."""
+    n, threads = 300, 2
+    slow = UprobeOptions(ring_bytes=1 << 20, drain_interval=60.0, idle_interval=60.0)
+    text = "pid$target:a.out:ub_push:entry { @ = sum(arg0); }"
+    fired_before_disable: list[int] = []
+
+    def wait_for_samples(target: Target, backend: Backend, run: Run) -> None:
+        deadline = time.monotonic() + DONE_TIMEOUT
+        while run.fired < n * threads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fired_before_disable.append(run.fired)
+
+    argv = [ub_work, "wait", n, threads]
+    ours = trace("uprobe", argv, text, reaper=reaper, options=slow, workload=wait_for_samples)
+    assert fired_before_disable == [n * threads]  # a quarter of a ring was never reached
+    assert numbers(ours.output) == [threads * n * (n - 1) // 2] and ours.drops == 0
 
 
 def test_exit_and_printa_see_the_counts_so_far(ub_work: Path, reaper: object) -> None:

@@ -78,8 +78,11 @@ class Target:
         return self.proc.wait(timeout=30)
 
     def ctxt_switches(self) -> int:
+        """Switches it asked for (a stop, a wait); preemption on a busy machine is no sign."""
         status = Path(f"/proc/{self.pid}/status").read_text()
-        return sum(int(n) for n in re.findall(r"ctxt_switches:\s+(\d+)", status))
+        found = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+        assert found is not None
+        return int(found.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -311,11 +314,88 @@ def test_lost_records_are_counted_with_a_tiny_ring(spawn, specs) -> None:
         t.go()
         first = ring.samples(timeout=0)
         assert ring.lost == 0  # the kernel writes its LOST record when space frees up
+        assert ring.hits() == n  # but the event counted every hit, lost or not
         t.finish()  # one more hit (work_push(-1, -1)) carries the LOST record out
         last = ring.samples(timeout=0)
+        assert ring.hits() == n + 1
     assert 0 < len(first) < n
     assert [s.regs["rdi"] for s in last] == [2**64 - 1]
     assert len(first) + ring.lost == n
+
+
+def test_stash_frees_the_ring_and_drain_keeps_the_order(spawn, specs) -> None:
+    t = spawn("count", 10)
+    opts = SampleOptions(stack_bytes=0, ring_pages=1)  # room for 18 samples
+    with SampleRing.open([specs["push"]], t.pid, Scope.THREAD, opts) as ring:
+        t.go()
+        size = ring.pending()
+        assert ring.stash() == size > 0 and ring.pending() == size
+        assert ring.stash() == 0  # nothing new in the ring
+        t.finish()  # one more hit, into the freed ring
+        samples = ring.samples(timeout=0)
+        assert ring.pending() == 0 and ring.lost == 0
+    assert [s.regs["rdi"] for s in samples] == [*range(10), 2**64 - 1]
+
+
+def test_samples_say_which_cpu_they_were_taken_on(spawn, specs) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    t = spawn("count", 500)
+    os.sched_setaffinity(t.pid, {cpu})  # its only thread runs there and nowhere else
+    opts = SampleOptions(stack_bytes=0, ring_pages=64)
+    with SampleRing.open([specs["push"]], t.pid, Scope.THREAD, opts) as ring:
+        t.go()
+        samples = ring.samples(timeout=0)
+    t.finish()
+    assert len(samples) == 500 and {s.cpu for s in samples} == {cpu}
+
+
+def test_no_stack_block_without_a_stack_copy(spawn, specs) -> None:
+    """stack_bytes=0 leaves PERF_SAMPLE_STACK_USER out: not even its empty size word."""
+    n = 300
+    t = spawn("count", n)
+    # header, id, ip, pid+tid, time, cpu+reserved, register ABI, then the registers
+    size = 8 + 5 * 8 + 8 + 8 * len(perf.X86_64_USER_REGS)
+    opts = SampleOptions(stack_bytes=0, ring_pages=64)
+    with SampleRing.open([specs["push"]], t.pid, Scope.THREAD, opts) as ring:
+        t.go()
+        assert ring.pending() == n * size
+        samples = ring.samples(timeout=0)
+        assert ring.pending() == 0
+    t.finish()
+    assert [s.regs["rdi"] for s in samples] == list(range(n))
+    assert all(s.stack == b"" and s.stack_addr == s.regs["rsp"] > 0 for s in samples)
+
+
+def test_one_poll_over_the_rings_of_several_threads(spawn, specs) -> None:
+    """What a drain thread does: sleep on every ring and a wake-up fd in one poll(2)."""
+    busy, idle = spawn("count", 20_000), spawn("count", 10)
+    opts = SampleOptions(stack_bytes=0, ring_pages=16)  # wakeup mark: 4 pages of samples
+    bell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    with (
+        SampleRing.open([specs["push"]], busy.pid, Scope.THREAD, opts) as hot,
+        SampleRing.open([specs["push"]], idle.pid, Scope.THREAD, opts) as cold,
+    ):
+        poller = perf.Poller()
+        for fd in (*hot.poll_fds, *cold.poll_fds, bell):
+            poller.add(fd)
+        assert poller.wait(0.05) == {}
+        os.eventfd_write(bell, 1)
+        assert poller.wait(None) == {bell: perf.PollResult.READABLE}
+        os.eventfd_read(bell)
+        busy.go()
+        (fd,) = hot.poll_fds
+        assert poller.wait(5) == {fd: perf.PollResult.READABLE}
+        hot.drain()
+        idle.go()  # 10 samples: below the mark, nobody is woken
+        assert poller.wait(0.05) == {}
+        idle.finish()
+        (fd,) = cold.poll_fds
+        assert poller.wait(5)[fd] & perf.PollResult.HANGUP  # and the thread exited
+        assert len(cold.samples(timeout=0)) == 11 and cold.hits() == 11
+        poller.remove(fd)
+        busy.finish()
+        assert hot.hits() == 20_001
+    os.close(bell)
 
 
 def test_wait_sleeps_until_the_wakeup_mark(spawn, specs) -> None:
@@ -343,6 +423,36 @@ def test_task_events_report_new_threads(spawn, specs) -> None:
     tids = {s.tid for s in items if isinstance(s, UprobeSample)}
     assert len(tids) == 3 and t.pid not in tids
     assert {f.tid for f in forks} >= tids
+
+
+# --- decoding ---
+
+
+def test_sample_records_of_every_supported_layout_decode() -> None:
+    """Every field the parser knows, at the offsets the kernel's layout gives them."""
+    st = perf.SUPPORTED_SAMPLE_TYPES
+    mask = perf.regs_mask((perf.X86Reg.AX, perf.X86Reg.SP, perf.X86Reg.IP))
+    parser = perf.RecordParser(st, mask)
+    head = struct.pack("<QQIIQQQQIIQ", 7, 0x401000, 10, 11, 12345, 0xDEAD, 7, 99, 1, 0, 1)
+    chain = struct.pack("<QQQ", 2, 0xAAA, 0xBBB)
+    raw = struct.pack("<I", 5) + b"hello"
+    regs = struct.pack("<QQQQ", perf.RegsAbi.ABI_64, 42, 0x7FFF0000, 0x401000)
+    stack = struct.pack("<Q", 16) + b"S" * 16 + struct.pack("<Q", 12)  # 12 copied of 16
+    rec = parser.parse_sample(head + chain + raw + regs + stack, 2)
+    assert (rec.id, rec.ip, rec.pid, rec.tid, rec.time) == (7, 0x401000, 10, 11, 12345)
+    assert (rec.addr, rec.stream_id, rec.cpu, rec.period) == (0xDEAD, 99, 1, 1)
+    assert rec.callchain == (0xAAA, 0xBBB) and rec.raw == b"hello"
+    assert rec.regs_abi is perf.RegsAbi.ABI_64
+    assert rec.regs == {"rax": 42, "rsp": 0x7FFF0000, "rip": 0x401000}
+    assert rec.stack == b"S" * 12 and rec.misc == 2
+    # No user registers at the hit: none follow the ABI word, and the stack still decodes.
+    none = struct.pack("<Q", perf.RegsAbi.NONE)
+    rec = parser.parse_sample(head + chain + raw + none + stack)
+    assert rec.regs == {} and rec.regs_abi is perf.RegsAbi.NONE and rec.stack == b"S" * 12
+    # Only what was asked for is there; the rest is None.
+    small = perf.RecordParser(perf.SampleType.TID | perf.SampleType.CPU)
+    rec = small.parse_sample(struct.pack("<IIII", 3, 4, 1, 0))
+    assert (rec.pid, rec.tid, rec.cpu, rec.id, rec.time) == (3, 4, 1, None, None)
 
 
 # --- cleanup and errors ---

@@ -47,7 +47,6 @@ import functools
 import os
 import struct
 import threading
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
@@ -66,10 +65,11 @@ _SAMPLE_TYPE: Final = (
     | perf.SampleType.IP
     | perf.SampleType.TID
     | perf.SampleType.TIME
+    | perf.SampleType.CPU
     | perf.SampleType.REGS_USER
-    | perf.SampleType.STACK_USER
 )
 _REGS_MASK: Final = perf.regs_mask(perf.X86_64_USER_REGS)
+_SAMPLE: Final = int(perf.RecordType.SAMPLE)
 _CLOCK_MONOTONIC: Final = 1
 
 
@@ -130,27 +130,61 @@ class SampleOptions:
 
 @dataclass(frozen=True, slots=True)
 class UprobeSample:
-    """One hit: which event, which thread, when (CLOCK_MONOTONIC ns), and the user state.
+    """One hit of *spec*: which thread, when (CLOCK_MONOTONIC ns), on which CPU, and the
+    user state, read from the kernel's sample *record*.
 
     ``regs`` uses the names of :class:`dtproc._sys.regs.UserRegs` (``rdi``,
     ``rsp``, ``rip``, ``eflags``...); ``stack`` is a copy of user memory starting
     at ``stack_addr`` (= ``regs["rsp"]``). For an entry probe ``ip`` is the
     probed instruction; for a return probe it is the address returned to.
+
+    The fields are read through from the record rather than copied out of it:
+    a tracer builds one of these per hit, and a frozen dataclass pays for each
+    field it sets.
     """
 
-    event_id: int
     spec: UprobeSpec
-    pid: int
-    tid: int
-    time: int
-    ip: int
-    regs: Mapping[str, int]
-    stack: bytes
-    stack_addr: int
+    record: perf.SampleRecord
+
+    @property
+    def event_id(self) -> int:
+        return self.record.id or 0
+
+    @property
+    def pid(self) -> int:
+        return self.record.pid or 0
+
+    @property
+    def tid(self) -> int:
+        return self.record.tid or 0
+
+    @property
+    def time(self) -> int:
+        return self.record.time or 0
+
+    @property
+    def cpu(self) -> int:
+        return self.record.cpu or 0
+
+    @property
+    def ip(self) -> int:
+        return self.record.ip or 0
+
+    @property
+    def regs(self) -> Mapping[str, int]:
+        return self.record.regs
+
+    @property
+    def stack(self) -> bytes:
+        return self.record.stack
+
+    @property
+    def stack_addr(self) -> int:
+        return self.record.regs.get("rsp", 0)
 
     def user_regs(self) -> UserRegs:
         """The registers as a ``UserRegs`` (segment bases and ``orig_rax`` are 0)."""
-        return UserRegs(**self.regs)
+        return UserRegs(**self.record.regs)
 
 
 RingItem = UprobeSample | perf.Mmap2Record | perf.CommRecord | perf.TaskRecord
@@ -208,7 +242,7 @@ def _attr(
         flags |= perf.AttrFlag.INHERIT | perf.AttrFlag.INHERIT_THREAD | perf.AttrFlag.REMOVE_ON_EXEC
     if sampling is not None:
         attr.sample_period = 1
-        attr.sample_type = _SAMPLE_TYPE
+        attr.sample_type = _sample_type(sampling)
         attr.sample_regs_user = _REGS_MASK
         attr.sample_stack_user = sampling.stack_bytes
         attr.clockid = _CLOCK_MONOTONIC
@@ -218,6 +252,13 @@ def _attr(
             flags |= perf.AttrFlag.MMAP2 | perf.AttrFlag.COMM | perf.AttrFlag.TASK
     attr.flags = flags
     return attr
+
+
+def _sample_type(sampling: SampleOptions) -> perf.SampleType:
+    """What each sample carries: no STACK_USER block at all when no stack is copied."""
+    if sampling.stack_bytes:
+        return _SAMPLE_TYPE | perf.SampleType.STACK_USER
+    return _SAMPLE_TYPE
 
 
 # --- errors ---
@@ -593,8 +634,10 @@ class SampleRing:
         self.events: dict[int, UprobeSpec] = {}
         self._fds: list[int] = []
         self._rings: list[perf.RingBuffer] = []
+        self._stash: list[bytes] = []  # records taken out of the rings, not decoded yet
+        self._stashed = 0  # their size
         self._opener: _Opener | None = None
-        self._parser = perf.RecordParser(_SAMPLE_TYPE, _REGS_MASK)
+        self._parser = perf.RecordParser(_sample_type(options), _REGS_MASK)
 
     @classmethod
     def open(
@@ -649,27 +692,88 @@ class SampleRing:
         """How many rings there are (one per online CPU in PROCESS scope)."""
         return len(self._rings)
 
+    @property
+    def poll_fds(self) -> tuple[int, ...]:
+        """The fds to poll(2) for this ring set, to wait on it together with other things.
+
+        Each is readable once its ring crosses the wakeup mark (empty the ring then:
+        the kernel does not say it again until the next crossing) and hung up for
+        good once the event's task has exited (see :class:`dtproc._sys.perf.Poller`).
+        """
+        return tuple(r.fd for r in self._rings)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Sleep until a ring reaches its wakeup mark or the target exits; False on timeout.
 
         Once the target has exited (:attr:`hung_up`) every call returns at once.
         """
-        ready = perf.poll([r.fd for r in self._rings], timeout)
+        ready = perf.poll(list(self.poll_fds), timeout)
         if any(r & perf.PollResult.HANGUP for r in ready.values()):
             self.hung_up = True
         return bool(ready)
 
+    def pending(self) -> int:
+        """Bytes not drained yet, stashed or in the rings: a look at the ring heads, no syscall."""
+        total = self._stashed
+        for ring in self._rings:  # no generator: a drain thread asks this of every ring, often
+            total += ring.pending()
+        return total
+
+    def stash(self) -> int:
+        """Copy what the rings hold into our memory, so the kernel may write there again.
+
+        For a reader busy for long stretches (unwinding stacks, say): a ring it has
+        not emptied drops every hit once full, and copying is far quicker than
+        decoding. :meth:`drain` returns what was stashed first, in order. No more
+        is copied once the stash holds the rings' own size (then the kernel drops,
+        as it would have), so memory stays bounded. Returns the bytes copied.
+        """
+        room = self.options.ring_pages * perf.PAGE_SIZE * len(self._rings) - self._stashed
+        copied = 0
+        for ring in self._rings:
+            if copied >= room:
+                break
+            data = ring.read()
+            if data:
+                self._stash.append(data)
+                copied += len(data)
+        self._stashed += copied
+        return copied
+
+    def hits(self) -> int:
+        """Hits of every probe so far, whether or not their samples found room in a ring.
+
+        Each sampling event also counts (its period is one hit), so this minus the
+        samples taken out of the rings is exactly what was lost -- once the thread
+        has exited, LOST record or not (a ring still full then never gets to write
+        one).
+        """
+        return sum(perf.read_counter(fd).value for fd in self._fds)
+
     def drain(self) -> list[RingItem]:
         """Take everything in the rings now, oldest first; LOST records add to :attr:`lost`."""
         items: list[RingItem] = []
+        for data in self._stash:
+            self._decode(data, items)
+        self._stash.clear()
+        self._stashed = 0
         for ring in self._rings:
-            for rtype, misc, body in perf.iter_records(ring.read()):
-                item = self._convert(self._parser.parse(rtype, misc, body))
-                if item is not None:
-                    items.append(item)
+            data = ring.read()
+            if data:
+                self._decode(data, items)
         if len(self._rings) > 1:
             items.sort(key=_item_time)
         return items
+
+    def _decode(self, data: bytes, items: list[RingItem]) -> None:
+        parser = self._parser
+        for rtype, misc, body in perf.iter_records(data):
+            if rtype == _SAMPLE:  # the usual record: no detour through parse()
+                items.append(self._sample(parser.parse_sample(body, misc)))
+            else:
+                item = self._convert(parser.parse(rtype, misc, body))
+                if item is not None:
+                    items.append(item)
 
     def read(self, timeout: float | None = None) -> list[RingItem]:
         """:meth:`wait` (up to *timeout*), then :meth:`drain`."""
@@ -691,19 +795,7 @@ class SampleRing:
         return None  # THROTTLE and other bookkeeping records carry nothing for a tracer
 
     def _sample(self, record: perf.SampleRecord) -> UprobeSample:
-        regs = {perf.X86_REG_NAMES[r]: v for r, v in record.regs.items()}
-        event_id = record.id or 0
-        return UprobeSample(
-            event_id=event_id,
-            spec=self.events[event_id],
-            pid=record.pid or 0,
-            tid=record.tid or 0,
-            time=record.time or 0,
-            ip=record.ip or 0,
-            regs=types.MappingProxyType(regs),
-            stack=record.stack,
-            stack_addr=regs.get("rsp", 0),
-        )
+        return UprobeSample(self.events[record.id or 0], record)
 
     def close(self) -> None:
         """Unmap the rings, close every event (the kernel disarms the probes) and let go."""
@@ -714,6 +806,8 @@ class SampleRing:
         for ring in self._rings:
             ring.close()
         self._rings.clear()
+        self._stash.clear()
+        self._stashed = 0
         for fd in self._fds:
             _close_fd(fd)
         self._fds.clear()

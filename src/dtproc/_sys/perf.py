@@ -17,11 +17,13 @@ import ctypes
 import enum
 import fcntl
 import mmap
+import operator
 import os
 import select
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -523,9 +525,11 @@ class SampleId:
 class SampleRecord:
     """PERF_RECORD_SAMPLE; fields the ``sample_type`` did not ask for are None or empty.
 
-    ``regs`` maps each register of the ``sample_regs_user`` mask to its value (empty
-    when the kernel had no user registers: ``regs_abi`` is NONE). ``stack`` is only
-    the part of the user stack the kernel actually copied (``dyn_size`` bytes),
+    ``regs`` maps the name of each register of the ``sample_regs_user`` mask
+    (:data:`X86_REG_NAMES`, as in ``UserRegs``) to its value; it is empty when the
+    kernel had no user registers (``regs_abi`` is NONE). Names, not :class:`X86Reg`
+    members, because every reader wants them and a str key hashes in C. ``stack`` is
+    only the part of the user stack the kernel actually copied (``dyn_size`` bytes),
     starting at the sampled stack pointer.
     """
 
@@ -541,7 +545,7 @@ class SampleRecord:
     callchain: tuple[int, ...]
     raw: bytes
     regs_abi: RegsAbi
-    regs: dict[X86Reg, int]
+    regs: Mapping[str, int]
     stack: bytes
     misc: int
 
@@ -684,7 +688,14 @@ class RecordParser:
         self.sample_type = sample_type
         self.regs = regs_in_mask(regs_user)
         self._regs = struct.Struct(f"<{len(self.regs)}Q")
-        self._head, self._head_names = _compile(sample_type, _SIMPLE_SAMPLE_FIELDS)
+        self._reg_names = tuple(X86_REG_NAMES[r] for r in self.regs)
+        self._head, head_names = _compile(sample_type, _SIMPLE_SAMPLE_FIELDS)
+        # Every test of sample_type is made here, once: parse_sample runs per hit.
+        self._scalars = _picker(head_names, _SAMPLE_SCALARS)
+        self._callchain = bool(sample_type & SampleType.CALLCHAIN)
+        self._raw = bool(sample_type & SampleType.RAW)
+        self._regs_user = bool(sample_type & SampleType.REGS_USER)
+        self._stack_user = bool(sample_type & SampleType.STACK_USER)
         if sample_id_all:
             self._trailer, self._trailer_names = _compile(sample_type, _SAMPLE_ID_FIELDS)
         else:
@@ -736,50 +747,59 @@ class RecordParser:
 
     def parse_sample(self, data: bytes, misc: int = 0) -> SampleRecord:
         """Decode a PERF_RECORD_SAMPLE body."""
-        values = dict(zip(self._head_names, self._head.unpack_from(data), strict=True))
+        head = self._head.unpack_from(data)
         pos = self._head.size
-        st = self.sample_type
         callchain: tuple[int, ...] = ()
-        if st & SampleType.CALLCHAIN:
+        if self._callchain:
             (nr,) = _U64.unpack_from(data, pos)
             callchain = struct.unpack_from(f"<{nr}Q", data, pos + 8)
             pos += 8 + 8 * nr
         raw = b""
-        if st & SampleType.RAW:
+        if self._raw:
             (size,) = _U32.unpack_from(data, pos)
             raw = bytes(data[pos + 4 : pos + 4 + size])
             pos += 4 + size
         abi = RegsAbi.NONE
-        regs: dict[X86Reg, int] = {}
-        if st & SampleType.REGS_USER:
-            abi = RegsAbi(_U64.unpack_from(data, pos)[0])
+        regs: dict[str, int] = {}
+        if self._regs_user:
+            abi = _regs_abi(_U64.unpack_from(data, pos)[0])
             pos += 8
-            if abi != RegsAbi.NONE:
-                regs = dict(zip(self.regs, self._regs.unpack_from(data, pos), strict=True))
+            if abi is not RegsAbi.NONE:
+                regs = dict(zip(self._reg_names, self._regs.unpack_from(data, pos), strict=True))
                 pos += self._regs.size
         stack = b""
-        if st & SampleType.STACK_USER:
+        if self._stack_user:
             (size,) = _U64.unpack_from(data, pos)
             if size:
                 (dyn,) = _U64.unpack_from(data, pos + 8 + size)
                 stack = bytes(data[pos + 8 : pos + 8 + min(dyn, size)])
-        return SampleRecord(
-            id=values.get("id"),
-            ip=values.get("ip"),
-            pid=values.get("pid"),
-            tid=values.get("tid"),
-            time=values.get("time"),
-            addr=values.get("addr"),
-            stream_id=values.get("stream_id"),
-            cpu=values.get("cpu"),
-            period=values.get("period"),
-            callchain=callchain,
-            raw=raw,
-            regs_abi=abi,
-            regs=regs,
-            stack=stack,
-            misc=misc,
-        )
+        scalars = self._scalars((*head, None))
+        return SampleRecord(*scalars, callchain, raw, abi, regs, stack, misc)
+
+
+# The fixed-size SampleRecord fields, in its order, and their values (None: not sampled).
+_SAMPLE_SCALARS: Final = ("id", "ip", "pid", "tid", "time", "addr", "stream_id", "cpu", "period")
+_Scalar = int | None
+_Scalars = tuple[_Scalar, _Scalar, _Scalar, _Scalar, _Scalar, _Scalar, _Scalar, _Scalar, _Scalar]
+_ABIS: Final = {abi.value: abi for abi in RegsAbi}
+
+
+def _picker(
+    names: tuple[str, ...], wanted: tuple[str, ...]
+) -> Callable[[tuple[_Scalar, ...]], _Scalars]:
+    """Picks *wanted* out of values laid out as *names* plus one None (for those absent).
+
+    A name given twice (``id`` by both IDENTIFIER and ID) is taken from its last place.
+    """
+    where = {name: i for i, name in enumerate(names)}
+    return operator.itemgetter(*(where.get(name, len(names)) for name in wanted))
+
+
+def _regs_abi(value: int) -> RegsAbi:
+    found = _ABIS.get(value)
+    if found is None:
+        raise ValueError(f"corrupt perf sample: register ABI {value}")
+    return found
 
 
 def _cstring(data: bytes, start: int, end: int) -> str:
@@ -794,6 +814,7 @@ _MMAP_DATA_HEAD = 1024
 _MMAP_DATA_TAIL = 1032
 _MMAP_DATA_OFFSET = 1040
 _MMAP_DATA_SIZE = 1048
+_HEAD_TAIL = struct.Struct("<QQ")  # data_head, then data_tail right after it
 
 
 class RingBuffer:
@@ -831,17 +852,14 @@ class RingBuffer:
         return self._map
 
     def pending(self) -> int:
-        """Bytes written by the kernel and not consumed yet."""
-        m = self._mapping()
-        (head,) = _U64.unpack_from(m, _MMAP_DATA_HEAD)
-        (tail,) = _U64.unpack_from(m, _MMAP_DATA_TAIL)
+        """Bytes written by the kernel and not consumed yet (a look at the page, no syscall)."""
+        head, tail = _HEAD_TAIL.unpack_from(self._mapping(), _MMAP_DATA_HEAD)
         return int(head - tail)
 
     def read(self) -> bytes:
         """Take every complete record now in the ring, as one byte string, and free its space."""
         m = self._mapping()
-        (head,) = _U64.unpack_from(m, _MMAP_DATA_HEAD)
-        (tail,) = _U64.unpack_from(m, _MMAP_DATA_TAIL)
+        head, tail = _HEAD_TAIL.unpack_from(m, _MMAP_DATA_HEAD)
         if head == tail:
             return b""
         size = self.data_size
@@ -884,22 +902,58 @@ class PollResult(enum.Flag):
     HANGUP = enum.auto()  # POLLHUP: the event's task has exited
 
 
-def poll(fds: list[int], timeout: float | None) -> dict[int, PollResult]:
-    """Wait for any of *fds* to become readable or hung up; *timeout* in seconds (None: forever).
+class Poller:
+    """A set of fds waited on together in one poll(2), kept from one wait to the next.
 
-    Returns the fds that are ready and why (empty on timeout). Blocks in poll(2), so
-    a waiting reader costs nothing while the traced program runs.
+    One thread can then sleep on every ring of a traced process (and a wake-up fd
+    of its own) at once, adding and removing fds as threads come and go, without
+    registering them all again for each wait.
+
+    A ring's fd reports READABLE once per crossing of its wakeup mark (the kernel
+    clears the state as poll reads it): a reader must empty the ring after each
+    READABLE. HANGUP stays set for good once the event's task has exited.
     """
-    poller = select.poll()
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._fds: set[int] = set()
+
+    def add(self, fd: int) -> None:
+        if fd not in self._fds:
+            self._poll.register(fd, select.POLLIN)
+            self._fds.add(fd)
+
+    def remove(self, fd: int) -> None:
+        if fd in self._fds:
+            self._poll.unregister(fd)
+            self._fds.discard(fd)
+
+    def wait(self, timeout: float | None) -> dict[int, PollResult]:
+        """Wait for any fd to become readable or hung up; *timeout* in seconds (None: forever).
+
+        Returns the fds that are ready and why (empty on timeout). An fd closed
+        while registered is reported as hung up: it has nothing more to say.
+        """
+        ms = None
+        if timeout is not None:  # whole milliseconds, but a wait asked for is never 0
+            ms = max(int(timeout * 1000), 1 if timeout > 0 else 0)
+        out: dict[int, PollResult] = {}
+        for fd, mask in self._poll.poll(ms):
+            result = PollResult.NONE
+            if mask & select.POLLIN:
+                result |= PollResult.READABLE
+            if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                result |= PollResult.HANGUP
+            out[fd] = result
+        return out
+
+
+def poll(fds: list[int], timeout: float | None) -> dict[int, PollResult]:
+    """Wait for any of *fds* to become readable or hung up (see :meth:`Poller.wait`).
+
+    Blocks in poll(2), so a waiting reader costs nothing while the traced program runs.
+    """
+    poller = Poller()
     for fd in fds:
-        poller.register(fd, select.POLLIN)
-    ms = None if timeout is None else max(0, int(timeout * 1000))
-    out: dict[int, PollResult] = {}
-    for fd, mask in poller.poll(ms):
-        result = PollResult.NONE
-        if mask & select.POLLIN:
-            result |= PollResult.READABLE
-        if mask & (select.POLLHUP | select.POLLERR):
-            result |= PollResult.HANGUP
-        out[fd] = result
-    return out
+        poller.add(fd)
+    return poller.wait(timeout)

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dtproc import insn
-from dtproc._sys.regs import UserRegs
 from dtproc.breakpoints import Breakpoint, BreakpointCallback
 from dtproc.control import Process
 from dtproc.errors import DtprocError
 from dtproc.modules import Module
 from dtproc.probes.backend import Fire, Placement
+from dtproc.probes.branches import branch_plan, branch_taken
 from dtproc.probes.context import ProcessFacts, PtraceHit
-from dtproc.probes.sites import ProbeSite, ReturnHow
+from dtproc.probes.sites import ReturnHow
 from dtproc.probes.usdt import SemaphoreHold
 from dtproc.tracee import Tracee
 
@@ -75,7 +75,7 @@ class PtraceBackend:
                 entry = st.entries[addr] = _Entry()
                 entry.bp = tracee.add_breakpoint(addr, self._callback(entry, st.facts))
             if pl.site.return_how is ReturnHow.COND_TAIL_CALL and entry.branch is None:
-                entry.branch = _branch_plan(tracee, addr)
+                entry.branch = branch_plan(tracee.read, addr)
             if pl.site.semaphore and not entry.placements:
                 st.semaphores.acquire(pl.site)  # the program fires the probe only when asked
             entry.placements.append(pl)
@@ -87,7 +87,9 @@ class PtraceBackend:
             regs = tracee.registers(tid)
             for pl in entry.placements:
                 site = pl.site
-                if site.return_how is ReturnHow.COND_TAIL_CALL and not _taken(entry, site, regs):
+                if site.return_how is ReturnHow.COND_TAIL_CALL and not branch_taken(
+                    entry.branch, site, regs
+                ):
                     continue
                 fire(pl.clauses, PtraceHit(tracee, tid, regs, site, facts))
 
@@ -125,28 +127,3 @@ class PtraceBackend:
     def close(self) -> None:
         with self._lock:
             self._procs.clear()
-
-
-def _branch_plan(tracee: Tracee, address: int) -> insn.Emulated | None:
-    try:
-        plan = insn.plan(tracee.read(address, 16), address)
-    except DtprocError:
-        return None
-    return plan if isinstance(plan, insn.Emulated) else None
-
-
-def _taken(entry: _Entry, site: ProbeSite, regs: UserRegs) -> bool:
-    """Whether a conditional tail call at this hit leaves the function (then it returns)."""
-    if entry.branch is None or site.branch_target is None:
-        return True
-    probe = regs.copy()
-    entry.branch.apply(probe, _no_write, _no_read)
-    return bool(probe.rip == site.branch_target)
-
-
-def _no_write(address: int, data: bytes) -> None:
-    raise DtprocError("a conditional branch does not write memory")
-
-
-def _no_read(address: int, size: int) -> bytes:
-    raise DtprocError("a conditional branch does not read memory")

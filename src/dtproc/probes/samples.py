@@ -21,12 +21,9 @@ import threading
 import time
 from typing import Final
 
-from dtproc import insn
-from dtproc._sys import procfs
 from dtproc._sys.regs import DWARF_REGS, UserRegs
 from dtproc.d import MemoryFault, ProbeInfo, StackValue
 from dtproc.elf import ElfFile, SectionFlags, SectionType
-from dtproc.errors import DtprocError
 from dtproc.modules import VDSO, Module, ModuleMap
 from dtproc.probes.context import ProcessFacts, function_arg, usdt_arg
 from dtproc.probes.sites import ProbeKind, ProbeSite
@@ -39,8 +36,6 @@ __all__ = [
     "SampleData",
     "SampleHit",
     "SampleSpace",
-    "branch_plan",
-    "branch_taken",
     "sample_stack_bytes",
     "ustack_bytes",
     "wall_offset",
@@ -280,11 +275,8 @@ class SampleHit:
 
     @property
     def cpu(self) -> int:
-        """The CPU the thread is on now (samples do not carry theirs yet); 0 once it exited."""
-        try:
-            return procfs.read_stat(self._site.pid, self._data.sample.tid).processor
-        except OSError:
-            return 0
+        """The CPU the hit happened on, as the kernel recorded it in the sample."""
+        return self._data.sample.cpu
 
     @property
     def execname(self) -> str:
@@ -323,36 +315,3 @@ class SampleHit:
 def wall_offset() -> int:
     """Wall-clock time minus CLOCK_MONOTONIC now, to date samples by their kernel time."""
     return time.time_ns() - time.monotonic_ns()
-
-
-# ----------------------------------------------------------------------------- tail calls
-
-
-def branch_plan(image: ProcessImage, site: ProbeSite) -> insn.Emulated | None:
-    """How to evaluate the conditional jump of a conditional-tail-call return site."""
-    try:
-        plan = insn.plan(image.read_code(site.address, 16), site.address)
-    except DtprocError:
-        return None
-    return plan if isinstance(plan, insn.Emulated) else None
-
-
-def branch_taken(plan: insn.Emulated | None, site: ProbeSite, regs: UserRegs) -> bool:
-    """Whether a conditional tail call at this hit leaves the function (then it returns).
-
-    The jump is applied to a copy of the sampled registers (its flags decide);
-    without a plan the site counts as returning, as the ptrace backend does.
-    """
-    if plan is None or site.branch_target is None:
-        return True
-    probe = regs.copy()
-    plan.apply(probe, _no_write, _no_read)
-    return bool(probe.rip == site.branch_target)
-
-
-def _no_write(address: int, data: bytes) -> None:
-    raise DtprocError("a conditional branch does not write memory")
-
-
-def _no_read(address: int, size: int) -> bytes:
-    raise DtprocError("a conditional branch does not read memory")

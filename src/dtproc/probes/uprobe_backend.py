@@ -16,6 +16,15 @@ clause can run here when everything it reads is in such a sample -- see
   turns into contexts (:mod:`dtproc.probes.samples`) and fires in time order
   (each thread's hits in the order they happened, so ``self->`` works).
 
+The drain thread sleeps in one poll(2) over the rings of every thread of every
+process (and an eventfd of ours: new rings, forgotten probes, shutdown). A ring
+wakes it when a quarter full and when its thread exits; samples below that mark
+are collected on a timer that backs off while nothing comes (see
+:class:`UprobeOptions`), so a lone hit is not held back for long, yet an idle
+target costs the tracer one poll(2) per ``idle_interval``. The kernel is not asked
+to wake the reader per sample: that costs a hot probe several microseconds per
+hit here (an interrupt each time).
+
 Events are per thread (:attr:`dtproc.uprobes.Scope.THREAD`): the mechanism's
 inherited events lose hits and cost ~90 ms per thread created on this kernel
 (see :mod:`dtproc.uprobes`). Every thread gets its events before it runs its
@@ -35,22 +44,27 @@ counts as a return only when its branch is taken (decided from the sampled flags
 so such sites are always sampled). A USDT semaphore is raised by the kernel
 (``ref_ctr_offset``) while the probe is armed.
 
-Samples can be lost when the drain thread falls behind (a full ring). Losses
-are reported through ``report_drops``, as dtrace reports buffer drops: as the
-kernel's LOST records tell them, and exactly when a ring is drained for good --
-every sampling event also counts its hits, so what did not arrive was lost, even
-when the ring was still full when its thread exited and no LOST record came.
+Samples can be lost when the drain thread falls behind (a full ring); while it
+fires a long batch it stashes what the rings receive every ``drain_interval``
+(:meth:`dtproc.uprobes.SampleRing.stash`), which gives a burst about twice the
+ring before anything is dropped. Losses are reported through ``report_drops``,
+as dtrace reports buffer drops: as the kernel's LOST records tell them, and
+exactly when a ring is drained for good -- every sampling event also counts its
+hits, so what did not arrive was lost, even when the ring was still full when
+its thread exited and no LOST record came.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -61,13 +75,12 @@ from dtproc.d import ClauseNeeds, ProbeInfo
 from dtproc.errors import DtprocError, NoSuchProcess, ProbeError
 from dtproc.modules import Module
 from dtproc.probes.backend import Fire, Placement
+from dtproc.probes.branches import branch_plan, branch_taken
 from dtproc.probes.context import ProcessFacts
 from dtproc.probes.samples import (
     ProcessImage,
     SampleData,
     SampleHit,
-    branch_plan,
-    branch_taken,
     sample_stack_bytes,
     wall_offset,
 )
@@ -103,6 +116,7 @@ _CAP_PERFMON: Final = 38
 _SAMPLES_PER_RING: Final = 64  # a ring with stack copies holds at least this many samples
 _SAMPLE_OVERHEAD: Final = 512  # header, ids, time and registers of one sample, rounded up
 _WRITE_MARGIN: Final = 5_000_000  # ns: a sample taken this long ago is surely in its ring
+_STASH_CHECK: Final = 32  # samples fired between looks at the clock, to stash the rings
 _STACK_BASES: Final = frozenset({"rsp", "rbp"})
 _T = TypeVar("_T")
 
@@ -177,9 +191,10 @@ class UprobeOptions:
     """Buffering and draining of samples.
 
     Each thread has a ring of at least *ring_bytes* per group of probes (more
-    when stacks are copied: room for 64 samples). The drain thread looks at the
-    rings every *drain_interval* seconds while samples come, backing off to
-    *idle_interval* when none do.
+    when stacks are copied: room for 64 samples). A ring a quarter full wakes the
+    drain thread at once; below that, the drain thread looks at the rings every
+    *drain_interval* seconds while samples come, backing off to *idle_interval*
+    when none do -- the longest a lone sample waits.
     """
 
     ring_bytes: int = 1 << 20
@@ -222,6 +237,7 @@ class _Sampled:
     placement: Placement
     since: int
     branch: insn.Emulated | None  # conditional tail calls: how to tell if the branch is taken
+    shows_counts: bool  # a clause may print or exit(): counted hits must reach it first
 
 
 @dataclass(eq=False, slots=True)
@@ -292,18 +308,22 @@ class _Ring:
     ring: SampleRing
     received: int = 0  # samples taken out of it
     reported_lost: int = 0  # losses reported so far
-    finished: bool = False  # its thread exited (or tracing ended): drained for good
 
 
 @dataclass(eq=False)
 class _SamplerSet:
-    """Sampling events for some probes, one ring per thread, opened together."""
+    """Sampling events for some probes, one ring per thread, opened together.
+
+    *rings* are those still drained; a ring drained for good (its thread exited)
+    moves to *finished*, where it waits to be closed with the rest.
+    """
 
     id: int
     image: ProcessImage
     options: SampleOptions
     probes: dict[UprobeSpec, _Probe]
     rings: list[_Ring] = field(default_factory=list)
+    finished: list[_Ring] = field(default_factory=list)
     retired: bool = False  # its process exec'd: drain once more, then only close
 
     def open_ring(self, tid: int) -> _Ring:
@@ -311,9 +331,86 @@ class _SamplerSet:
         self.rings.append(entry := _Ring(tid, ring))
         return entry
 
+    def all_rings(self) -> list[_Ring]:
+        return [*self.rings, *self.finished]
+
     def close(self) -> None:
-        for entry in self.rings:
+        for entry in self.all_rings():
             entry.ring.close()
+
+
+class _RingWatch:
+    """The rings the drain thread sleeps on, and the eventfd that wakes it otherwise.
+
+    Other threads add rings (enable, new threads), drop them (drained for good,
+    disabled) and ring the bell (:meth:`wake`); only the drain thread waits, and
+    it brings its poll set up to date first. A dropped ring is unregistered
+    before a new one is added, so an fd number closed and reused in between is
+    polled for its new ring.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[_Ring] = set()
+        self._changed = False
+        self._bell = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._poller = perf.Poller()
+        self._poller.add(self._bell)
+        self._polled: dict[int, _Ring] = {}
+
+    def add(self, entries: Iterable[_Ring]) -> None:
+        """Poll *entries* too, from now on: the drain thread is woken to take them in."""
+        new = list(entries)
+        if new:
+            with self._lock:
+                self._live.update(new)
+                self._changed = True
+            self.wake()
+
+    def remove(self, entries: Iterable[_Ring]) -> None:
+        """Stop polling *entries* from the drain thread's next wait (:meth:`wake` for now)."""
+        with self._lock:
+            self._live.difference_update(entries)
+            self._changed = True
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._bell >= 0:
+                os.eventfd_write(self._bell, 1)
+
+    def wait(self, timeout: float) -> set[_Ring]:
+        """Sleep until a ring or the bell wakes us or *timeout* passes; the rings hung up."""
+        self._update()
+        ready = self._poller.wait(timeout)
+        if ready.pop(self._bell, None) is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._bell)
+        return {
+            self._polled[fd]
+            for fd, why in ready.items()
+            if why & perf.PollResult.HANGUP and fd in self._polled
+        }
+
+    def _update(self) -> None:
+        with self._lock:
+            if not self._changed:
+                return
+            live = set(self._live)
+            self._changed = False
+        for fd, entry in list(self._polled.items()):
+            if entry not in live:
+                self._poller.remove(fd)
+                del self._polled[fd]
+        for entry in live.difference(self._polled.values()):
+            for fd in entry.ring.poll_fds:
+                self._poller.add(fd)
+                self._polled[fd] = entry
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bell >= 0:
+                os.close(self._bell)
+                self._bell = -1
 
 
 @dataclass(eq=False)
@@ -418,7 +515,7 @@ class UprobeBackend:
         self._procs: dict[int, _ProcState] = {}
         self._lock = threading.RLock()  # the state above; held while events are opened
         self._drain_lock = threading.Lock()  # one drain at a time (thread or disable)
-        self._wake = threading.Event()
+        self._watch = _RingWatch()
         self._stopping = False
         self._drainer: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -451,7 +548,7 @@ class UprobeBackend:
                 for sset in st.samplers:
                     sset.retired = True
                 st.image = None
-        self._wake.set()
+        self._watch.wake()
 
     def disable(self, proc: Process) -> None:
         """Fire what the rings still hold, deliver the counts, close every event of *proc*.
@@ -471,6 +568,10 @@ class UprobeBackend:
             proc.call(functools.partial(_remove_hook, hook=st.hook))
         except DtprocError:
             pass  # the process is gone, and its hooks with it
+        # The drain thread stops polling the rings before they are closed: a poll(2)
+        # holds each file it waits on, and the last holder pays for closing the event.
+        self._watch.remove(entry for sset in st.samplers for entry in sset.all_rings())
+        self._watch.wake()
         try:
             with self._drain_lock:
                 self._drain(st.samplers, final=True)
@@ -489,10 +590,11 @@ class UprobeBackend:
                 self._disable(proc)
         finally:
             self._stopping = True
-            self._wake.set()
+            self._watch.wake()
             if self._drainer is not None:
                 self._drainer.join()
                 self._drainer = None
+            self._watch.close()
         self._raise_failure()
 
     # -- enabling (in the process's control thread) --------------------------------
@@ -516,8 +618,9 @@ class UprobeBackend:
             st.probes.update(plan.new)
             _commit_counters(plan, opened)
             _commit_samplers(st, opened)
-            _commit_placements(plan, image, since)
+            _commit_placements(plan, image, since, self._shows_counts)
         if opened.samplers:
+            self._watch.add(entry for sset in opened.samplers for entry in sset.rings)
             self._start_drainer()
 
     def _check(self, pl: Placement) -> None:
@@ -598,9 +701,8 @@ class UprobeBackend:
                 counter = _open_for_thread(functools.partial(_counter, probe.spec), tid)
                 if counter is not None:
                     probe.counters[tid] = counter
-        for sset in st.samplers:
-            if not sset.retired:
-                _open_for_thread(sset.open_ring, tid)
+        opened = [_open_for_thread(s.open_ring, tid) for s in st.samplers if not s.retired]
+        self._watch.add(entry for entry in opened if entry is not None)
 
     # -- draining -------------------------------------------------------------------
 
@@ -614,22 +716,32 @@ class UprobeBackend:
 
     def _drain_loop(self) -> None:
         delay = self.options.drain_interval
+        hung: set[_Ring] = set()
         try:
             while not self._stopping:
                 with self._drain_lock:
                     with self._lock:
                         sets = [s for st in self._procs.values() for s in st.samplers]
-                    got = self._drain(sets, final=False)
-                if got:
-                    delay = self.options.drain_interval
-                else:
-                    delay = min(delay * 2, self.options.idle_interval)
-                self._wake.wait(delay)
-                self._wake.clear()
+                    got = self._drain(sets, final=False, hung=hung)
+                    delay = self._next_delay(got, delay)
+                hung = self._watch.wait(delay)
         except Exception as exc:
             self._failure = exc
 
-    def _drain(self, sets: Sequence[_SamplerSet], *, final: bool) -> int:
+    def _next_delay(self, got: int, delay: float) -> float:
+        """How long the drain thread sleeps unless a ring wakes it (the timer of samples
+        below the wakeup mark): short while samples come, backing off while none do,
+        and no longer than until samples held for the next round may fire."""
+        options = self.options
+        delay = options.drain_interval if got else min(delay * 2, options.idle_interval)
+        if self._held:
+            due = min(sample.time for sample, _ in self._held) + _WRITE_MARGIN
+            delay = min(delay, max(0.0, (due - time.monotonic_ns()) / 1e9))
+        return delay
+
+    def _drain(
+        self, sets: Sequence[_SamplerSet], *, final: bool, hung: AbstractSet[_Ring] = frozenset()
+    ) -> int:
         """Take what the rings of *sets* hold and fire it in time order; report losses.
 
         A thread with several rings (probes that copy different amounts of stack)
@@ -638,23 +750,27 @@ class UprobeBackend:
         margin for records still being written) fire now; the rest wait for the
         next round, unless *final*.
 
-        A ring whose thread has exited (or all of them, when *final*) is drained
-        for good, and its losses are counted exactly then: each event counts
-        every hit, so what did not arrive was lost, LOST record or not.
+        A ring whose thread has exited (in *hung*: poll(2) said so before the
+        round began, so nothing more can come), or every ring when *final*, is
+        drained for good, and its losses are counted exactly then: each event
+        counts every hit, so what did not arrive was lost, LOST record or not.
         """
         horizon = time.monotonic_ns() - _WRITE_MARGIN
         batch = [item for item in self._held if item[1] in sets]
         self._held = [item for item in self._held if item[1] not in sets]
         lost = 0
+        finished: list[tuple[_SamplerSet, _Ring]] = []
         for sset in sets:
             with self._lock:
-                rings = [entry for entry in sset.rings if not entry.finished]
+                rings = list(sset.rings)
             for entry in rings:
-                ring = entry.ring
-                done = final or sset.retired or (ring.wait(0) and ring.hung_up)
-                lost += _take(entry, sset, batch)
-                if done:
+                if final or sset.retired or entry in hung:
                     lost += _finish(entry, sset, batch)
+                    finished.append((sset, entry))
+                elif entry.ring.pending():
+                    lost += _take(entry, sset, batch)
+        if finished:
+            self._retire_rings(finished)
         if lost:
             self.drops += lost
             self._report_drops(lost)
@@ -663,13 +779,38 @@ class UprobeBackend:
             cut = bisect.bisect_left(batch, horizon, key=lambda item: item[0].time)
             batch, held = batch[:cut], batch[cut:]
             self._held.extend(held)
-        self._fire_batch(batch)
+        with self._lock:
+            live = [entry.ring for sset in sets for entry in sset.rings]
+        self._fire_batch(batch, live)
         return len(batch)
 
-    def _fire_batch(self, batch: Sequence[tuple[UprobeSample, _SamplerSet]]) -> None:
+    def _retire_rings(self, finished: Sequence[tuple[_SamplerSet, _Ring]]) -> None:
+        """Rings drained for good: no longer drained, nor polled; closed at disable."""
+        with self._lock:
+            for sset, entry in finished:
+                sset.rings.remove(entry)
+                sset.finished.append(entry)
+        self._watch.remove(entry for _, entry in finished)
+
+    def _fire_batch(
+        self, batch: Sequence[tuple[UprobeSample, _SamplerSet]], rings: Sequence[SampleRing]
+    ) -> None:
+        """Fire *batch*, stashing what *rings* receive meanwhile every ``drain_interval``.
+
+        A big batch (a burst of hits that copy stacks to unwind) takes long to fire,
+        and rings nobody reads meanwhile fill up and drop: stashed, the samples come
+        in the next round instead. What arrives meanwhile is younger than this
+        round's horizon, so the order in which samples fire does not change.
+        """
         offset = wall_offset()
         flushed = False
-        for sample, sset in batch:
+        every = int(self.options.drain_interval * 1e9)
+        stash_at = time.monotonic_ns() + every
+        for i, (sample, sset) in enumerate(batch):
+            if i % _STASH_CHECK == 0 and rings and time.monotonic_ns() >= stash_at:
+                for ring in rings:
+                    ring.stash()
+                stash_at = time.monotonic_ns() + every
             probe = sset.probes.get(sample.spec)
             window = probe.windows.get(sset.id) if probe is not None else None
             if probe is None or window is None or not window.start <= sample.time < window.end:
@@ -682,12 +823,12 @@ class UprobeBackend:
                     and not branch_taken(s.branch, site, data.regs)
                 ):
                     continue
-                if not flushed and self._may_show_counts(s.placement):
+                if s.shows_counts and not flushed:
                     flushed = True
                     self._flush_counts()
                 self._fire(s.placement.clauses, SampleHit(data, site))
 
-    def _may_show_counts(self, pl: Placement) -> bool:
+    def _shows_counts(self, pl: Placement) -> bool:
         return any(self._needs[c].output or self._needs[c].exit for c in pl.clauses)
 
     def _flush_counts(self) -> None:
@@ -733,7 +874,9 @@ def _commit_samplers(st: _ProcState, opened: _Opened) -> None:
     st.samplers.extend(opened.samplers)
 
 
-def _commit_placements(plan: _Plan, image: ProcessImage, since: int) -> None:
+def _commit_placements(
+    plan: _Plan, image: ProcessImage, since: int, shows_counts: Callable[[Placement], bool]
+) -> None:
     """Attach the placements; hits from *since* (before any event was opened) are theirs."""
     for probe, pl in plan.counted:
         baseline = 0 if probe in plan.to_count else probe.total()
@@ -741,8 +884,8 @@ def _commit_placements(plan: _Plan, image: ProcessImage, since: int) -> None:
     for probe, pl in plan.sampled:
         branch = None
         if pl.site.return_how is ReturnHow.COND_TAIL_CALL:
-            branch = branch_plan(image, pl.site)
-        probe.sampled += (_Sampled(pl, since, branch),)
+            branch = branch_plan(image.read_code, pl.site.address)
+        probe.sampled += (_Sampled(pl, since, branch, shows_counts(pl)),)
 
 
 def _take(entry: _Ring, sset: _SamplerSet, batch: list[tuple[UprobeSample, _SamplerSet]]) -> int:
@@ -758,21 +901,11 @@ def _take(entry: _Ring, sset: _SamplerSet, batch: list[tuple[UprobeSample, _Samp
 
 def _finish(entry: _Ring, sset: _SamplerSet, batch: list[tuple[UprobeSample, _SamplerSet]]) -> int:
     """Drain *entry* for good; the losses no LOST record reported (a ring full at the end)."""
-    hits = _ring_hits(entry.ring)
+    hits = entry.ring.hits()
     lost = _take(entry, sset, batch)
-    entry.finished = True
     unreported = max(0, hits - entry.received - entry.reported_lost)
     entry.reported_lost += unreported
     return lost + unreported
-
-
-def _ring_hits(ring: SampleRing) -> int:
-    """Hits of every event of *ring*, lost samples included: a sampling event counts too.
-
-    :class:`SampleRing` has no public reader for its events' counts, so this
-    reads the event fds it holds (one per probe in THREAD scope).
-    """
-    return sum(perf.read_counter(fd).value for fd in ring._fds)
 
 
 def _open_for_thread(open_one: Callable[[int], _T], tid: int) -> _T | None:
