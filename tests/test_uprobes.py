@@ -517,7 +517,10 @@ except AccessDenied as exc:
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv is not installed")
 def test_access_denied_without_privileges() -> None:
     out = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+        # Every capability dropped, uid kept: the interpreter and its site-packages may live
+        # where only this uid can read them (a pyenv under /root), and perf_event_open
+        # decides by capability, not by uid.
+        ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all",
          sys.executable, "-c", SNIPPET],
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "PYTHONPATH": str(SRC)},

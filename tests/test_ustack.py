@@ -258,6 +258,9 @@ def test_printed_like_dtrace(runs: dict[str, Run]) -> None:
             frame.offset == 0 and frame.text == f"{name}`{frame.function}"
         )
     assert [f.module for f in frames[-4:]] == [exe, "libc.so.6", "libc.so.6", exe]
+    # The stack keeps the module map it was taken under: it names itself.
+    assert stop.stack.frames() == frames
+    assert str(stop.stack).splitlines() == [f.text for f in frames]
 
 
 def test_return_address_named_as_is(runs: dict[str, Run]) -> None:
@@ -282,6 +285,8 @@ def test_frames_without_symbol_or_module(runs: dict[str, Run]) -> None:
     assert nowhere == Frame(0x10, None, None, 0)
     assert str(nowhere) == "0x10"
     assert UserStack(1, (main.start, 0x10), False).frames(symbolizer) == (header, nowhere)
+    assert UserStack(1, (0x10,), False).frames() == (nowhere,)
+    assert str(UserStack(1, (0x10,), False)) == "0x10"
 
 
 def test_plt_stubs_are_named(runs: dict[str, Run]) -> None:

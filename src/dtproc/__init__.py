@@ -15,6 +15,7 @@ Layers, lowest first; a module never imports from a layer above it:
 
 from __future__ import annotations
 
+from dtproc.control import Notification, NotificationKind, Process, Tracer
 from dtproc.errors import (
     AccessDenied,
     BadAddress,
@@ -27,6 +28,7 @@ from dtproc.errors import (
 )
 from dtproc.tracee import Tracee
 from dtproc.types import ProcessIdentity, ProcessState, ReleaseMode
+from dtproc.ustack import Frame, UserStack
 
 __version__ = "0.1.0"
 
@@ -35,13 +37,19 @@ __all__ = [
     "BadAddress",
     "DtprocError",
     "ExecFailed",
+    "Frame",
     "NoSuchProcess",
+    "Notification",
+    "NotificationKind",
+    "Process",
     "ProcessDied",
     "ProcessIdentity",
     "ProcessState",
     "ReleaseMode",
     "StateError",
     "Tracee",
+    "Tracer",
+    "UserStack",
     "ZombieProcess",
     "__version__",
 ]

@@ -79,13 +79,23 @@ class UserStack:
     complete: bool
     reason: str | None = field(default=None, compare=False)
     tid: int | None = field(default=None, compare=False)
+    modules: ModuleMap | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.pcs)
 
-    def frames(self, symbolizer: Symbolizer) -> tuple[Frame, ...]:
-        """Each pc named by *symbolizer* (built over this process's module map)."""
+    def frames(self, symbolizer: Symbolizer | None = None) -> tuple[Frame, ...]:
+        """Each pc named by *symbolizer*, by default one over the module map of the moment
+        the stack was taken (so a library unloaded since still names its frames)."""
+        if symbolizer is None:
+            if self.modules is None:
+                return tuple(Frame(pc, None, None, 0) for pc in self.pcs)
+            symbolizer = Symbolizer.of(self.modules)
         return tuple(symbolizer.frame(pc) for pc in self.pcs)
+
+    def __str__(self) -> str:
+        """One frame a line, as ``ustack()`` prints them."""
+        return "\n".join(frame.text for frame in self.frames())
 
     def symbolize(self, modules: ModuleMap) -> tuple[Frame, ...]:
         """Each pc named with *modules*, through the symbolizer cached for that map."""
@@ -135,8 +145,9 @@ def capture(
     """
     if max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, not {max_frames}")
-    walked = unwind(regs, ProcessSpace(tracee), max_frames)
-    return UserStack(tracee.pid, walked.frames, walked.complete, walked.reason, tid)
+    space = ProcessSpace(tracee)
+    walked = unwind(regs, space, max_frames)
+    return UserStack(tracee.pid, walked.frames, walked.complete, walked.reason, tid, tracee.modules)
 
 
 @dataclass(slots=True)
