@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from conftest import Builder, Reaper
 from dtproc import Tracee
 from dtproc._xol import EmulatePlan, SlotPlan, StepOverPlan
 from dtproc.breakpoints import BreakpointAction
-from dtproc.events import BreakpointHit, Exited, SignalReceived
+from dtproc.errors import NoSuchProcess
+from dtproc.events import BreakpointHit, Exited, Killed, SignalReceived
 from dtproc.rendezvous import run_to
 from test_tracee import wait_for
 
@@ -278,3 +282,44 @@ def test_step_over_fallback_is_correct(
     assert bp.hits == 4 * 2000
     out.seek(0)
     assert out.read() == plain_output(argv)
+
+
+def test_sigkill_mid_hit_reports_the_kill(bpwork: Path) -> None:
+    """SIGKILL (to the process or to any one thread) pulls threads out of their ptrace-stops
+    while we handle a hit: wait() reports Killed(SIGKILL), never an error or a lost process."""
+    rng = random.Random(4)
+    for i in range(6):
+        t = run_to_main([bpwork, "threads", "4", "100000000"], stdout=subprocess.DEVNULL)
+        try:
+            for name in ("work", "work_rip", "work_push"):
+                sym = t.lookup("a.out", name)
+                assert sym is not None
+                t.add_breakpoint(sym.address, lambda tr, tid: None)
+            t.resume()
+            deadline = time.monotonic() + rng.uniform(0.02, 0.15)
+            while time.monotonic() < deadline:
+                t.wait(0.005)
+            victim = t.pid if i % 2 else rng.choice(t.threads)
+            os.kill(victim, signal.SIGKILL)
+            list(t.events(timeout=10))
+            assert t.end == Killed(t.pid, signal.SIGKILL, False)
+        finally:
+            t.release()
+
+
+def test_breakpoints_placed_as_the_process_exits(bpwork: Path) -> None:
+    """Placing a breakpoint may inject a system call (a slot page) into a process that is
+    exiting: either it is placed or the caller gets NoSuchProcess, never a raw OSError."""
+    rng = random.Random(7)
+    for _ in range(25):
+        t = Tracee.create([bpwork, "threads", "4", "100000"], stdout=subprocess.DEVNULL)
+        try:
+            t.resume()
+            time.sleep(rng.uniform(0.0, 0.004))
+            with contextlib.suppress(NoSuchProcess):
+                for name in ("work", "work_rip", "work_push"):
+                    sym = t.lookup("a.out", name)
+                    assert sym is not None
+                    t.add_breakpoint(sym.address, lambda tr, tid: None)
+        finally:
+            t.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -483,6 +484,46 @@ def test_memory_read_write_cstring(corpus: Path) -> None:
             t.read(0x10, 8)
     finally:
         t.release()
+
+
+SYS_GETPID = 39
+
+
+def test_injected_syscall_runs_from_the_exec_stop(corpus: Path) -> None:
+    """The exec stop is inside execve: the call must still run, and execve still return 0."""
+    t = Tracee.create([corpus, "exit", "5"], stdout=subprocess.DEVNULL)
+    try:
+        assert t.inject_syscall(SYS_GETPID) == t.pid
+        assert t.inject_syscall(SYS_GETPID) == t.pid
+        assert t.registers().rax == 0
+        t.resume()
+        list(t.events(timeout=10))
+        assert t.end == Exited(t.pid, 5)
+    finally:
+        t.release()
+
+
+def test_injected_syscalls_while_threads_start(corpus: Path) -> None:
+    """Injecting into a running program may catch its thread at a clone event: the
+    injected call runs, and pthread_create still gets the new thread's id."""
+    argv: list[str | Path] = [corpus, "threads", "8"]
+    for _ in range(10):
+        with tempfile.TemporaryFile() as out:
+            t = Tracee.create(argv, stdout=out)
+            try:
+                t.resume()
+                results = set()
+                with contextlib.suppress(NoSuchProcess):
+                    while t.state is not ProcessState.UNDEAD:
+                        results.add(t.inject_syscall(SYS_GETPID))
+                        t.wait(0)
+                list(t.events(timeout=30))
+                end = t.end
+            finally:
+                t.release()
+            assert results <= {t.pid}
+            out.seek(0)
+            assert (end, out.read()) == (Exited(t.pid, 0), run_plain(argv)[1])
 
 
 # ---------------------------------------------------------------------- signals

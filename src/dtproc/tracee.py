@@ -364,6 +364,12 @@ class Tracee:
             return NoSuchProcess(self.pid, f"pid {self.pid} has exited")
         return BadAddress(self.pid, address, size, reason)
 
+    def _gone_error(self, th: _Thread, doing: str) -> NoSuchProcess:
+        """A thread vanished under a request of ours: it exited, or the process did."""
+        if self._state is ProcessState.UNDEAD or not os.path.exists(f"/proc/{self.pid}/exe"):
+            return NoSuchProcess(self.pid, f"pid {self.pid} has exited")
+        return NoSuchProcess(self.pid, f"pid {self.pid}: thread {th.tid} exited during {doing}")
+
     def read_partial(self, address: int, size: int) -> bytes:
         """Read up to *size* bytes, stopping quietly at the first unreadable byte."""
         try:
@@ -541,7 +547,7 @@ class Tracee:
         self._sync_regs(th)
         self._single_step(th)
         if th.tid not in self._threads:
-            raise NoSuchProcess(self.pid, f"pid {self.pid}: thread {th.tid} exited while stepping")
+            raise self._gone_error(th, "a single step")
         return ptrace.getregs(th.tid).rip
 
     def _step_over(self, tid: int, address: int) -> None:
@@ -624,22 +630,9 @@ class Tracee:
         meanwhile is held and delivered when the thread goes on.
         """
         self._require_control("inject a system call")
-        th = next((t for t in self._threads.values() if t.stopped and not t.signal), None)
-        th = th or next((t for t in self._threads.values() if t.stopped), None)
-        borrowed = th is None
-        if th is None:
-            th = next(iter(self._threads.values()))
-            th.hold = True
-            try:
-                ptrace.interrupt(th.tid)
-                while not th.stopped and th.tid in self._threads:
-                    got = self._next_status(None)
-                    if got is not None:
-                        self._on_status(*got)
-            finally:
-                th.hold = False
-            if th.tid not in self._threads:
-                raise NoSuchProcess(self.pid, f"pid {self.pid}: thread {th.tid} exited")
+        th, borrowed = self._borrow_thread()
+        if th.stop is _Stop.EVENT:
+            self._leave_kernel(th)
         kind = th.stop
         self._sync_regs(th)
         saved = self._regs(th).copy()
@@ -649,15 +642,58 @@ class Tracee:
             setattr(regs, name, value & _U64)
         regs.orig_rax = _U64  # no syscall restart
         regs.rip = self._syscall_site()
-        ptrace.setregs(th.tid, regs)
-        self._internal_step(th)
-        result = ptrace.getregs(th.tid).rax
-        ptrace.setregs(th.tid, saved)
+        try:
+            ptrace.setregs(th.tid, regs)
+            self._internal_step(th)
+            result = ptrace.getregs(th.tid).rax
+            ptrace.setregs(th.tid, saved)
+        except ProcessLookupError:
+            raise self._gone_error(th, "a system call") from None
+        if th.tid not in self._threads:  # it was already on its way out (exit_group, SIGKILL)
+            raise self._gone_error(th, "a system call")
         th.regs = saved
         th.stop = kind if kind is not _Stop.NONE else _Stop.INTERRUPT
         if borrowed and not self._want_stopped:
             self._resume_thread(th)
         return result - (1 << 64) if result >= 1 << 63 else result
+
+    def _borrow_thread(self) -> tuple[_Thread, bool]:
+        """A stopped thread to run code in, and whether we stopped it for the purpose."""
+        stopped = [t for t in self._threads.values() if t.stopped]
+        # Prefer a stop on the way back to user mode with no signal to hold.
+        stopped.sort(key=lambda t: (t.stop is _Stop.EVENT, bool(t.signal)))
+        if stopped:
+            return stopped[0], False
+        th = next(iter(self._threads.values()))
+        th.hold = True
+        try:
+            ptrace.interrupt(th.tid)
+            while not th.stopped and th.tid in self._threads:
+                got = self._next_status(None)
+                if got is not None:
+                    self._on_status(*got)
+        except ProcessLookupError:
+            raise self._gone_error(th, "a system call") from None
+        finally:
+            th.hold = False
+        if th.tid not in self._threads:
+            raise self._gone_error(th, "a system call")
+        return th, True
+
+    def _leave_kernel(self, th: _Thread) -> None:
+        """Take a thread from a PTRACE_EVENT stop to its return to user mode.
+
+        Event stops (clone, fork, exec, exit) are inside a system call, which on the way
+        out writes its own result over rax: code run from there would never execute
+        and the program would see our registers' rax as the call's result. One step
+        completes the call and stops the thread before its next instruction.
+        """
+        try:
+            self._internal_step(th)
+        except ProcessLookupError:
+            raise self._gone_error(th, "a system call") from None
+        if th.tid not in self._threads:
+            raise self._gone_error(th, "a system call")
 
     def _syscall_site(self) -> int:
         """An address holding a ``syscall`` instruction: the vDSO has several."""
@@ -721,9 +757,20 @@ class Tracee:
             return
         if th is None:
             th = self._threads[tid] = _Thread(tid, new=True)  # it beat its clone event
+        th.stop = _Stop.EVENT
+        try:
+            self._on_stop(th, status)
+        except ProcessLookupError:
+            # SIGKILL (or another thread's exec) takes a thread out of any ptrace-stop at
+            # once, so the stop may vanish while we handle it. Its death (or the exec)
+            # is reported by wait like any other; anything else is a real error.
+            if not _dying(self.pid, tid):
+                raise
+            self._running(th)
+
+    def _on_stop(self, th: _Thread, status: int) -> None:
         sig = os.WSTOPSIG(status)
         event = status >> 16
-        th.stop = _Stop.EVENT
         was_listening, th.listening = th.listening, False
         if event == 0:
             self._on_signal_stop(th, sig)
@@ -1260,16 +1307,23 @@ def _cont_quietly(tid: int, sig: int) -> None:
         pass
 
 
-def _pending_signals(pid: int, tid: int) -> int:
-    """The thread's own pending signal set (a bit mask), 0 if it is gone."""
+_PF_EXITING = 0x4  # task flag, /proc/PID/task/TID/stat field 9: do_exit() has begun
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def _pending_signals(pid: int, tid: int, *, shared: bool = False) -> int:
+    """The thread's own pending signal set (a bit mask), with the process's if *shared*;
+    0 if it is gone."""
+    keys = ("SigPnd:", "ShdPnd:") if shared else ("SigPnd:",)
+    mask = 0
     try:
         with open(f"/proc/{pid}/task/{tid}/status") as f:
             for line in f:
-                if line.startswith("SigPnd:"):
-                    return int(line.split()[1], 16)
+                if line.startswith(keys):
+                    mask |= int(line.split()[1], 16)
     except OSError:
         pass
-    return 0
+    return mask
 
 
 def _has_pending_sigtrap(pid: int, tid: int) -> bool:
@@ -1277,10 +1331,25 @@ def _has_pending_sigtrap(pid: int, tid: int) -> bool:
 
 
 def _exiting(pid: int, tid: int) -> bool:
-    """A thread that exit_group() is taking down: SIGKILL pending, or already gone."""
-    if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+    """A thread that exit_group() or a SIGKILL is taking down: already gone, in do_exit(),
+    or with SIGKILL pending (its own, or the process's not yet dequeued)."""
+    try:
+        if procfs.read_stat(pid, tid).flags & _PF_EXITING:
+            return True
+    except (OSError, ValueError, IndexError):
         return True
-    return bool(_pending_signals(pid, tid) & (1 << (signal.SIGKILL - 1)))
+    return bool(_pending_signals(pid, tid, shared=True) & _SIGKILL_BIT)
+
+
+def _dying(pid: int, tid: int, grace: float = 0.01) -> bool:
+    """Whether a thread that left a ptrace-stop behind our back is being killed: allow
+    for the few instructions between dequeuing SIGKILL and entering do_exit()."""
+    deadline = time.monotonic() + grace
+    while not _exiting(pid, tid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.0005)
+    return True
 
 
 def _mem_reason(exc: OSError) -> str:
