@@ -284,6 +284,22 @@ def test_step_over_fallback_is_correct(
     assert out.read() == plain_output(argv)
 
 
+def count_hits(t: Tracee, *names: str) -> None:
+    """Count hits at the entry of each of *names* (callbacks that let the thread go on)."""
+    for name in names:
+        sym = t.lookup("a.out", name)
+        assert sym is not None
+        t.add_breakpoint(sym.address, lambda tr, tid: None)
+
+
+def run_for(t: Tracee, seconds: float) -> None:
+    """Resume and handle events for about *seconds*."""
+    t.resume()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t.wait(0.005)
+
+
 def test_sigkill_mid_hit_reports_the_kill(bpwork: Path) -> None:
     """SIGKILL (to the process or to any one thread) pulls threads out of their ptrace-stops
     while we handle a hit: wait() reports Killed(SIGKILL), never an error or a lost process."""
@@ -291,14 +307,8 @@ def test_sigkill_mid_hit_reports_the_kill(bpwork: Path) -> None:
     for i in range(6):
         t = run_to_main([bpwork, "threads", "4", "100000000"], stdout=subprocess.DEVNULL)
         try:
-            for name in ("work", "work_rip", "work_push"):
-                sym = t.lookup("a.out", name)
-                assert sym is not None
-                t.add_breakpoint(sym.address, lambda tr, tid: None)
-            t.resume()
-            deadline = time.monotonic() + rng.uniform(0.02, 0.15)
-            while time.monotonic() < deadline:
-                t.wait(0.005)
+            count_hits(t, "work", "work_rip", "work_push")
+            run_for(t, rng.uniform(0.02, 0.15))
             victim = t.pid if i % 2 else rng.choice(t.threads)
             os.kill(victim, signal.SIGKILL)
             list(t.events(timeout=10))
@@ -317,9 +327,29 @@ def test_breakpoints_placed_as_the_process_exits(bpwork: Path) -> None:
             t.resume()
             time.sleep(rng.uniform(0.0, 0.004))
             with contextlib.suppress(NoSuchProcess):
-                for name in ("work", "work_rip", "work_push"):
-                    sym = t.lookup("a.out", name)
-                    assert sym is not None
-                    t.add_breakpoint(sym.address, lambda tr, tid: None)
+                count_hits(t, "work", "work_rip", "work_push")
         finally:
             t.release()
+
+
+def test_release_while_the_target_forks(bpwork: Path, reaper: Reaper) -> None:
+    """Let go of a grabbed process at any moment of its fork/vfork/exec traffic: a child
+    on its way (its first stop not yet seen, with a copy of our int3s, or a vfork child
+    on our very memory) is cleaned and freed too, never left traced or killed by SIGTRAP,
+    even when the breakpoints were removed before the release."""
+    p = reaper.spawn([bpwork, "forkloop"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+    rng = random.Random(3)
+    for i in range(40):
+        t = Tracee.grab(p.pid)
+        try:
+            count_hits(t, "work")
+            run_for(t, rng.uniform(0.0, 0.05))
+            if i % 2:  # as probes do: remove the breakpoints, then let go
+                for bp in list(t.breakpoints):
+                    bp.remove()
+        finally:
+            t.release()
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, out, err) == (42, b"rounds some bad 0\n", b"")

@@ -295,6 +295,18 @@ def test_errors_have_clear_messages_and_status(args: list[str], status: int, mes
     assert "Traceback" not in r.stderr
 
 
+def test_compile_error_is_one_line_and_v_shows_where() -> None:
+    text = "BEGIN { trace(y); }"
+    head = (
+        f"dtproc: invalid probe specifier {text}: in action list: "
+        "failed to resolve y: Unknown variable name\n"
+    )
+    r = dtproc("-n", text)
+    assert (r.returncode, r.stderr) == (1, head)
+    r = dtproc("-v", "-n", text)
+    assert (r.returncode, r.stderr) == (1, head + f"line 1, column 15:\n{text}\n{14 * ' '}^\n")
+
+
 def test_permission_error_says_what_to_do(target: Path, reaper: Reaper) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to run the command as another user")

@@ -39,6 +39,7 @@ from dtproc.events import (
     ThreadCreated,
     VForked,
 )
+from dtproc.insn_decode import Flow, decode
 
 
 @pytest.fixture(scope="module")
@@ -496,6 +497,20 @@ def test_injected_syscall_runs_from_the_exec_stop(corpus: Path) -> None:
         assert t.inject_syscall(SYS_GETPID) == t.pid
         assert t.inject_syscall(SYS_GETPID) == t.pid
         assert t.registers().rax == 0
+        t.resume()
+        list(t.events(timeout=10))
+        assert t.end == Exited(t.pid, 5)
+    finally:
+        t.release()
+
+
+def test_step_from_the_exec_stop_executes_the_first_instruction(corpus: Path) -> None:
+    t = Tracee.create([corpus, "exit", "5"], stdout=subprocess.DEVNULL)
+    try:
+        entry = t.registers().rip
+        first = decode(t.read(entry, 16), entry, 1)[0]
+        assert first.flow is Flow.NEXT, first  # ld.so's _start: mov %rsp, %rdi
+        assert t.step() == first.end
         t.resume()
         list(t.events(timeout=10))
         assert t.end == Exited(t.pid, 5)

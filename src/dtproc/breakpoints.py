@@ -16,6 +16,7 @@ int3 bytes removed before it runs; exec drops the table without writing.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
@@ -85,7 +86,9 @@ class AddressSpace:
     def __init__(self, tracee: Tracee) -> None:
         self.tracee = tracee
         self._sites: dict[int, _Site] = {}
-        self._graveyard: set[int] = set()
+        # Removed sites and their original bytes: late hits are absorbed there, and a
+        # fork child whose first stop comes after the removal still carries the int3.
+        self._graveyard: dict[int, int] = {}
         self._xol = _xol.Scratch(tracee)
 
     # -- queries used by the tracee ---------------------------------------------------
@@ -145,7 +148,7 @@ class AddressSpace:
         site = _Site(self, address, code[0], window, plan)
         self.tracee.write_raw(address, bytes([INT3]))
         self._sites[address] = site
-        self._graveyard.discard(address)
+        self._graveyard.pop(address, None)
         return site
 
     def remove(self, bp: Breakpoint) -> None:
@@ -157,7 +160,7 @@ class AddressSpace:
 
     def _disarm(self, site: _Site) -> None:
         del self._sites[site.address]
-        self._graveyard.add(site.address)
+        self._graveyard[site.address] = site.original
         try:
             self.tracee.write_raw(site.address, bytes([site.original]))
         except DtprocError:
@@ -177,16 +180,26 @@ class AddressSpace:
             for bp in site.breakpoints:
                 bp.active = False
             site.breakpoints.clear()
+        for address in [a for a in self._graveyard if start <= a < end]:
+            del self._graveyard[address]
 
     def clean_copy(self, pid: int) -> None:
-        """Write the original bytes over our int3s in a fork child's copy of memory."""
-        if not self._sites:
+        """Write the original bytes over our int3s in a fork child's copy of memory.
+
+        The child was forked at some moment before its first stop reached us: a site
+        removed since may still be armed in its copy, so those are restored too where
+        the copy holds an int3.
+        """
+        if not self._sites and not self._graveyard:
             return
         try:
             with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
                 for site in self._sites.values():
                     mem.seek(site.address)
                     mem.write(bytes([site.original]))
+                for address, original in _armed_in(mem.fileno(), self._graveyard):
+                    mem.seek(address)
+                    mem.write(bytes([original]))
         except OSError:
             pass  # the child died already
 
@@ -225,3 +238,18 @@ class AddressSpace:
 
 
 __all__ = ["AddressSpace", "Breakpoint", "BreakpointAction", "BreakpointCallback"]
+
+
+def _armed_in(mem_fd: int, removed: dict[int, int]) -> list[tuple[int, int]]:
+    """The removed sites whose int3 is still in this memory (read a page at a time)."""
+    by_page: dict[int, list[int]] = {}
+    for address in removed:
+        by_page.setdefault(address & ~0xFFF, []).append(address)
+    armed = []
+    for page, addresses in by_page.items():
+        try:
+            data = os.pread(mem_fd, 0x1000, page)
+        except OSError:
+            continue  # unmapped in the child (it cannot have run there)
+        armed += [(a, removed[a]) for a in addresses if data[a - page : a - page + 1] == b"\xcc"]
+    return armed

@@ -333,7 +333,8 @@ def _compile(req: Request, session: Session) -> CompiledSet:
     try:
         return compile_sources(req.sources, macros=macros, options=d_options)
     except DCompileError as exc:
-        raise DtprocError(str(exc)) from None
+        # dtrace's one line; -v adds where in the text, with the line and a caret.
+        raise DtprocError(str(exc) if req.verbose else exc.headline) from None
 
 
 def _matches(compiled: CompiledSet) -> list[SourceMatches]:

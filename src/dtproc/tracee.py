@@ -146,6 +146,7 @@ class Tracee:
         self._state = ProcessState.RUNNING
         self._threads: dict[int, _Thread] = {}
         self._escorts: dict[int, _Escort] = {}
+        self._letting_go = False  # release under way: escorts are freed at their next stop
         self._children: dict[int, Tracee] = {}
         self._events: deque[Event] = deque()
         self._want_stopped = False
@@ -537,6 +538,8 @@ class Tracee:
     def step(self, tid: int | None = None) -> int:
         """Execute one instruction of a stopped thread; return its new instruction pointer."""
         th = self._stopped_thread(tid, "single-step")
+        if th.stop is _Stop.EVENT:
+            self._leave_kernel(th)  # else the step would only finish the system call
         if th.stop is _Stop.BREAKPOINT and self._space is not None:
             th.stop = _Stop.STEP
             regs = self._regs(th)
@@ -1002,6 +1005,9 @@ class Tracee:
         if os.WIFEXITED(status) or os.WIFSIGNALED(status):
             self._drop_escort(tid)
             return
+        if self._letting_go:
+            self._let_escort_go(tid, status)
+            return
         event = status >> 16
         sig = os.WSTOPSIG(status)
         if kind is _Escort.COPY or event == ptrace.Event.EXEC:
@@ -1025,6 +1031,54 @@ class Tracee:
                 grandchild, _Escort.COPY if event == ptrace.Event.FORK else _Escort.SHARED
             )
         _cont_quietly(tid, sig if event == 0 else 0)
+
+    def _let_escorts_go(self, timeout: float = 5.0) -> None:
+        """Free every descendant we look after, each at a stop and rid of our int3s.
+
+        ptrace detaches only a stopped tracee, and a fork child whose first stop is
+        still to come carries a copy of our int3s: so each is freed at its next stop,
+        cleaned from the breakpoint table -- which is why this comes before the
+        breakpoints are removed. A vfork child (running, on our very memory) is
+        stopped for the purpose.
+        """
+        self._letting_go = True
+        for tid, kind in list(self._escorts.items()):
+            if kind is _Escort.SHARED:
+                with contextlib.suppress(ProcessLookupError):
+                    ptrace.interrupt(tid)
+        deadline = time.monotonic() + timeout
+        while self._escorts:
+            got = self._next_status(deadline)
+            if got is not None:
+                self._on_status(*got)
+            elif time.monotonic() >= deadline:
+                break
+        for tid in list(self._escorts):
+            self._release_escort(tid, 0)  # never stopped: nothing more we can do
+
+    def _let_escort_go(self, tid: int, status: int) -> None:
+        event = status >> 16
+        sig = os.WSTOPSIG(status) if event == 0 else 0
+        if event in (ptrace.Event.FORK, ptrace.Event.VFORK, ptrace.Event.CLONE):
+            grandchild = ptrace.geteventmsg(tid)
+            kind = _Escort.COPY if event == ptrace.Event.FORK else _Escort.SHARED
+            self._adopt_escort(grandchild, kind)
+        if self._space is not None and event != ptrace.Event.EXEC:  # exec: not our memory now
+            self._space.clean_copy(tid)
+            if sig == signal.SIGTRAP and self._rewind_our_trap(tid):
+                sig = 0
+        self._release_escort(tid, sig)
+
+    def _rewind_our_trap(self, tid: int) -> bool:
+        """Point a thread stopped by one of our (now removed) int3s back at its address."""
+        assert self._space is not None
+        regs = ptrace.getregs(tid)
+        at = regs.rip - 1
+        if self._space.breakpoint_at(at) is None and not self._space.was_ours(at):
+            return False
+        regs.rip = at
+        ptrace.setregs(tid, regs)
+        return True
 
     def _release_escort(self, tid: int, sig: int) -> None:
         try:
@@ -1150,6 +1204,8 @@ class Tracee:
                     self._kill_and_reap()
                 else:
                     self._detach_all(hang=mode is ReleaseMode.HANG)
+            elif self._escorts:  # it ended with a fork child still on its way
+                self._let_escorts_go()
         finally:
             for child in list(self._children.values()):
                 child.release()
@@ -1180,11 +1236,11 @@ class Tracee:
                     break
                 continue
             self._on_status(*got)
-        for tid in list(self._escorts):
-            self._escorts.pop(tid)
+        self._let_escorts_go()
 
     def _detach_all(self, *, hang: bool) -> None:
         self.stop()
+        self._let_escorts_go()
         if self._space is not None:
             self._space.remove_all()
             self._drain_our_traps()
@@ -1192,8 +1248,6 @@ class Tracee:
             os.kill(self.pid, signal.SIGSTOP)
         for th in list(self._threads.values()):
             self._detach_thread(th, keep_signal=True)
-        for tid, _kind in list(self._escorts.items()):
-            self._release_escort(tid, 0)
 
     def _drain_our_traps(self) -> None:
         """Collect SIGTRAPs from int3s hit just before removal, so none reaches the program."""

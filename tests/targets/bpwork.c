@@ -5,6 +5,9 @@
  *   trap        : the program's own int3 and raise(SIGTRAP), caught by its handler
  *   libc C      : calls getppid() C times
  *   wait        : prints "ready", then calls work() once per line read from stdin
+ *   forkloop    : 4 threads call work() while main forks, vforks+execs and forks+execs
+ *                 children that call work() and check their sums, until SIGHUP; prints
+ *                 "ready" first and exits 42 if every child ended as it should
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -46,6 +49,57 @@ static void *worker(void *arg) {
 }
 
 static void on_trap(int sig) { write(1, "trapped\n", 8); (void)sig; }
+
+static volatile sig_atomic_t hangup;
+static void on_hup(int sig) { hangup = 1; (void)sig; }
+
+static void *spinner(void *arg) {
+    long sum = 0;
+    for (long i = 0; !hangup; i++) {
+        sum += work(i);
+        if ((i & 255) == 0) usleep(100);
+    }
+    return (void *)(sum + (long)arg);
+}
+
+static int child_sum_ok(void) {
+    long s = 0;
+    for (long i = 0; i < 1000; i++) s += work(i);
+    return s == 999000 + 1000 * counter;
+}
+
+static int expect(pid_t pid, int code, const char *what) {
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != code) {
+        fprintf(stderr, "%s child status %#x\n", what, st);
+        return 1;
+    }
+    return 0;
+}
+
+static int forkloop(const char *self) {
+    signal(SIGHUP, on_hup);
+    pthread_t t[4];
+    for (long i = 0; i < 4; i++) pthread_create(&t[i], NULL, spinner, (void *)i);
+    printf("ready\n");
+    long rounds = 0, bad = 0;
+    while (!hangup) {
+        pid_t p = fork();
+        if (p == 0) _exit(child_sum_ok() ? 7 : 1);
+        bad += expect(p, 7, "fork");
+        p = vfork();
+        if (p == 0) { work(1); execl("/bin/true", "true", (char *)NULL); _exit(127); }
+        bad += expect(p, 0, "vfork");
+        p = fork();
+        if (p == 0) { execl(self, self, "forkchild", (char *)NULL); _exit(127); }
+        bad += expect(p, 9, "exec");
+        rounds++;
+        usleep(2000);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    printf("rounds %s bad %ld\n", rounds > 0 ? "some" : "none", bad);
+    return bad ? 1 : 42;
+}
 
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "threads";
@@ -100,6 +154,8 @@ int main(int argc, char **argv) {
         printf("getppid %ld\n", s);
         return 0;
     }
+    if (!strcmp(mode, "forkloop")) return forkloop("/proc/self/exe");
+    if (!strcmp(mode, "forkchild")) return child_sum_ok() ? 9 : 1;
     if (!strcmp(mode, "wait")) {
         char line[64];
         printf("ready\n");

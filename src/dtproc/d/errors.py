@@ -49,7 +49,8 @@ class DCompileError(DtprocError):
     followed by the source line and a caret under column C. Under an
     :class:`Origin` (see :meth:`located`) the first line is dtrace's instead
     (``invalid probe specifier BEGIN{x}: in action list: <detail>``), and the
-    line and column move to the block above the caret.
+    line and column move to the block above the caret. :attr:`headline` is the
+    first line alone, as dtrace prints it (the command adds the rest under ``-v``).
     """
 
     def __init__(
@@ -71,6 +72,11 @@ class DCompileError(DtprocError):
         else:
             message = _render_located(origin, detail, pos, region, self.source_line)
         super().__init__(message)
+
+    @property
+    def headline(self) -> str:
+        """The first line alone: what dtrace prints for this error."""
+        return str(self).split("\n", 1)[0]
 
     def located(self, origin: Origin, source: str) -> DCompileError:
         """This error as reported for one of several texts (*source* is that text)."""
