@@ -353,3 +353,21 @@ def test_release_while_the_target_forks(bpwork: Path, reaper: Reaper) -> None:
     p.send_signal(signal.SIGHUP)
     out, err = p.communicate(timeout=30)
     assert (p.returncode, out, err) == (42, b"rounds some bad 0\n", b"")
+
+
+def test_grab_while_threads_come_and_go(bpwork: Path, reaper: Reaper) -> None:
+    """A thread born of one we seized a moment ago is ours already (PTRACE_SEIZE says
+    EPERM), and so is no reason to fail the grab; nor is one that just exited."""
+    p = reaper.spawn([bpwork, "churn"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+    for i in range(150):
+        t = Tracee.grab(p.pid)
+        try:
+            if i % 10 == 0:
+                count_hits(t, "work")
+                run_for(t, 0.01)
+        finally:
+            t.release()
+    p.send_signal(signal.SIGHUP)
+    out, err = p.communicate(timeout=30)
+    assert (p.returncode, out, err) == (42, b"bad 0\n", b"")

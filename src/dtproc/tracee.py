@@ -265,8 +265,10 @@ class Tracee:
         try:
             ptrace.seize(tid, options)
         except OSError as exc:
-            if exc.errno == errno.ESRCH and tid != self.pid:
-                return  # the thread exited meanwhile
+            if tid != self.pid and (
+                exc.errno == errno.ESRCH or (exc.errno == errno.EPERM and self._seized_anyway(tid))
+            ):
+                return  # exited meanwhile, or already ours
             if exc.errno == errno.EPERM:
                 raise _permission_error(self.pid) from None
             raise from_oserror(exc, self.pid, f"failed to grab pid {self.pid}") from None
@@ -276,6 +278,13 @@ class Tracee:
             ptrace.interrupt(tid)
         except ProcessLookupError:
             pass
+
+    def _seized_anyway(self, tid: int) -> bool:
+        """A thread that refused PTRACE_SEIZE (EPERM) is no obstacle to the grab: it was
+        born of a thread we had seized already (so it is ours, reported by its clone
+        event), or it has exited and is still listed."""
+        assert self._ctx is not None
+        return _dispatch.procfs_tracer(tid) == self._ctx.native_id or _exiting(self.pid, tid)
 
     def _abandon(self) -> None:
         """Undo a half-done grab: detach whatever was seized."""

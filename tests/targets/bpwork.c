@@ -8,6 +8,8 @@
  *   forkloop    : 4 threads call work() while main forks, vforks+execs and forks+execs
  *                 children that call work() and check their sums, until SIGHUP; prints
  *                 "ready" first and exits 42 if every child ended as it should
+ *   churn       : short-lived threads (4 at a time) call work() until SIGHUP; prints
+ *                 "ready" first and exits 42 if every thread's sum was right
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -75,6 +77,30 @@ static int expect(pid_t pid, int code, const char *what) {
         return 1;
     }
     return 0;
+}
+
+static void *short_lived(void *arg) {
+    (void)arg;
+    return (void *)(long)!child_sum_ok();
+}
+
+static int churn(void) {
+    signal(SIGHUP, on_hup);
+    printf("ready\n");
+    long bad = 0;
+    while (!hangup) {
+        pthread_t t[4];
+        int n = 0;
+        while (n < 4 && pthread_create(&t[n], NULL, short_lived, NULL) == 0) n++;
+        bad += 4 - n;
+        for (int i = 0; i < n; i++) {
+            void *r;
+            pthread_join(t[i], &r);
+            bad += (long)r;
+        }
+    }
+    printf("bad %ld\n", bad);
+    return bad ? 1 : 42;
 }
 
 static int forkloop(const char *self) {
@@ -155,6 +181,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(mode, "forkloop")) return forkloop("/proc/self/exe");
+    if (!strcmp(mode, "churn")) return churn();
     if (!strcmp(mode, "forkchild")) return child_sum_ok() ? 9 : 1;
     if (!strcmp(mode, "wait")) {
         char line[64];
