@@ -30,7 +30,14 @@ from pathlib import Path
 
 from dtproc._sys import perf
 from dtproc.elf import ElfFile
-from dtproc.uprobes import SampleOptions, SampleRing, Scope, UprobeCounter, UprobeSpec
+from dtproc.uprobes import (
+    SampleOptions,
+    SampleRing,
+    Scope,
+    UprobeCounter,
+    UprobeSpec,
+    sample_type,
+)
 
 TARGET_SRC = Path(__file__).resolve().parent.parent / "tests" / "targets" / "up_work.c"
 FUNCTIONS = {"push": "work_push", "rip": "work_rip"}
@@ -108,23 +115,13 @@ def ratios(cost: dict[str, float]) -> str:
     return ", ".join(out)
 
 
-# What a uprobe sample carries (dtproc.uprobes asks for this, plus STACK_USER with a stack).
-SAMPLE_TYPE = (
-    perf.SampleType.IDENTIFIER
-    | perf.SampleType.IP
-    | perf.SampleType.TID
-    | perf.SampleType.TIME
-    | perf.SampleType.CPU
-    | perf.SampleType.REGS_USER
-)
 DECODED = 2000  # samples per timed batch
 
 
 def packed_sample(stack_bytes: int) -> tuple[perf.RecordParser, bytes]:
     """A parser for uprobe samples copying *stack_bytes*, and one record body it reads."""
     regs = perf.X86_64_USER_REGS
-    sample_type = SAMPLE_TYPE | (perf.SampleType.STACK_USER if stack_bytes else 0)
-    parser = perf.RecordParser(perf.SampleType(sample_type), perf.regs_mask(regs))
+    parser = perf.RecordParser(sample_type(stack_bytes), perf.regs_mask(regs))
     body = struct.pack("<QQIIQII", 1, 0x401000, 100, 101, 123456789, 1, 0)
     body += struct.pack(f"<Q{len(regs)}Q", perf.RegsAbi.ABI_64, *range(len(regs)))
     if stack_bytes:

@@ -242,7 +242,7 @@ def _attr(
         flags |= perf.AttrFlag.INHERIT | perf.AttrFlag.INHERIT_THREAD | perf.AttrFlag.REMOVE_ON_EXEC
     if sampling is not None:
         attr.sample_period = 1
-        attr.sample_type = _sample_type(sampling)
+        attr.sample_type = sample_type(sampling.stack_bytes)
         attr.sample_regs_user = _REGS_MASK
         attr.sample_stack_user = sampling.stack_bytes
         attr.clockid = _CLOCK_MONOTONIC
@@ -254,9 +254,9 @@ def _attr(
     return attr
 
 
-def _sample_type(sampling: SampleOptions) -> perf.SampleType:
+def sample_type(stack_bytes: int) -> perf.SampleType:
     """What each sample carries: no STACK_USER block at all when no stack is copied."""
-    if sampling.stack_bytes:
+    if stack_bytes:
         return _SAMPLE_TYPE | perf.SampleType.STACK_USER
     return _SAMPLE_TYPE
 
@@ -637,7 +637,7 @@ class SampleRing:
         self._stash: list[bytes] = []  # records taken out of the rings, not decoded yet
         self._stashed = 0  # their size
         self._opener: _Opener | None = None
-        self._parser = perf.RecordParser(_sample_type(options), _REGS_MASK)
+        self._parser = perf.RecordParser(sample_type(options.stack_bytes), _REGS_MASK)
 
     @classmethod
     def open(
