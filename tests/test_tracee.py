@@ -11,7 +11,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -490,13 +490,12 @@ def test_memory_read_write_cstring(corpus: Path) -> None:
 SYS_GETPID = 39
 
 
-def test_injected_syscall_runs_from_the_exec_stop(corpus: Path) -> None:
-    """The exec stop is inside execve: the call must still run, and execve still return 0."""
+@contextlib.contextmanager
+def at_exec_stop_then_exit_5(corpus: Path) -> Iterator[Tracee]:
+    """``corpus exit 5`` created, at its exec stop; after the block it must still exit 5."""
     t = Tracee.create([corpus, "exit", "5"], stdout=subprocess.DEVNULL)
     try:
-        assert t.inject_syscall(SYS_GETPID) == t.pid
-        assert t.inject_syscall(SYS_GETPID) == t.pid
-        assert t.registers().rax == 0
+        yield t
         t.resume()
         list(t.events(timeout=10))
         assert t.end == Exited(t.pid, 5)
@@ -504,18 +503,20 @@ def test_injected_syscall_runs_from_the_exec_stop(corpus: Path) -> None:
         t.release()
 
 
+def test_injected_syscall_runs_from_the_exec_stop(corpus: Path) -> None:
+    """The exec stop is inside execve: the call must still run, and execve still return 0."""
+    with at_exec_stop_then_exit_5(corpus) as t:
+        assert t.inject_syscall(SYS_GETPID) == t.pid
+        assert t.inject_syscall(SYS_GETPID) == t.pid
+        assert t.registers().rax == 0
+
+
 def test_step_from_the_exec_stop_executes_the_first_instruction(corpus: Path) -> None:
-    t = Tracee.create([corpus, "exit", "5"], stdout=subprocess.DEVNULL)
-    try:
+    with at_exec_stop_then_exit_5(corpus) as t:
         entry = t.registers().rip
         first = decode(t.read(entry, 16), entry, 1)[0]
         assert first.flow is Flow.NEXT, first  # ld.so's _start: mov %rsp, %rdi
         assert t.step() == first.end
-        t.resume()
-        list(t.events(timeout=10))
-        assert t.end == Exited(t.pid, 5)
-    finally:
-        t.release()
 
 
 def test_injected_syscalls_while_threads_start(corpus: Path) -> None:

@@ -99,6 +99,10 @@ class AddressSpace:
     def breakpoint_at(self, address: int) -> _Site | None:
         return self._sites.get(address)
 
+    def trapped_by_us(self, address: int) -> bool:
+        """Whether an int3 of ours is, or was, at *address*: a SIGTRAP from there is ours."""
+        return address in self._sites or address in self._graveyard
+
     def was_ours(self, address: int) -> bool:
         """An address where we had an int3 that is gone now (late hits must be absorbed)."""
         return address in self._graveyard

@@ -366,19 +366,25 @@ class Tracee:
 
     def _memory_error(self, address: int, size: int, reason: str) -> DtprocError:
         """A failed access: the address, or the whole process, is gone."""
-        try:
-            state = procfs.read_stat(self.pid).state
-        except OSError:
-            state = "X"
-        if state in ("Z", "X") or not os.path.exists(f"/proc/{self.pid}/exe"):
+        if self._has_exited():
             return NoSuchProcess(self.pid, f"pid {self.pid} has exited")
         return BadAddress(self.pid, address, size, reason)
 
     def _gone_error(self, th: _Thread, doing: str) -> NoSuchProcess:
         """A thread vanished under a request of ours: it exited, or the process did."""
-        if self._state is ProcessState.UNDEAD or not os.path.exists(f"/proc/{self.pid}/exe"):
+        if self._has_exited():
             return NoSuchProcess(self.pid, f"pid {self.pid} has exited")
         return NoSuchProcess(self.pid, f"pid {self.pid}: thread {th.tid} exited during {doing}")
+
+    def _has_exited(self) -> bool:
+        """The whole process is over: its end seen by us, a zombie, or gone from /proc."""
+        if self._state is ProcessState.UNDEAD:
+            return True
+        try:
+            state = procfs.read_stat(self.pid).state
+        except OSError:
+            return True
+        return state in ("Z", "X") or not os.path.exists(f"/proc/{self.pid}/exe")
 
     def read_partial(self, address: int, size: int) -> bytes:
         """Read up to *size* bytes, stopping quietly at the first unreadable byte."""
@@ -1026,20 +1032,29 @@ class Tracee:
             self._release_escort(tid, sig if event == 0 else 0)
             return
         if event == 0 and sig == signal.SIGTRAP and self._space is not None:
-            regs = ptrace.getregs(tid)
-            if self._space.breakpoint_at(regs.rip - 1) is not None or self._space.was_ours(
-                regs.rip - 1
-            ):
-                regs.rip -= 1
+            regs = self._at_our_trap(tid)
+            if regs is not None:
                 self._space.execute_displaced(tid, regs)
                 ptrace.cont(tid, 0)
                 return
-        if event in (ptrace.Event.FORK, ptrace.Event.VFORK, ptrace.Event.CLONE):
-            grandchild = ptrace.geteventmsg(tid)
-            self._adopt_escort(
-                grandchild, _Escort.COPY if event == ptrace.Event.FORK else _Escort.SHARED
-            )
+        self._adopt_grandchild(tid, event)
         _cont_quietly(tid, sig if event == 0 else 0)
+
+    def _adopt_grandchild(self, tid: int, event: int) -> None:
+        """An escort forked, vforked or cloned: look after the new one as well."""
+        if event in (ptrace.Event.FORK, ptrace.Event.VFORK, ptrace.Event.CLONE):
+            kind = _Escort.COPY if event == ptrace.Event.FORK else _Escort.SHARED
+            self._adopt_escort(ptrace.geteventmsg(tid), kind)
+
+    def _at_our_trap(self, tid: int) -> UserRegs | None:
+        """The registers of a thread stopped by an int3 of ours (is or was), rewound to
+        its address; None when the SIGTRAP is not ours."""
+        assert self._space is not None
+        regs = ptrace.getregs(tid)
+        if not self._space.trapped_by_us(regs.rip - 1):
+            return None
+        regs.rip -= 1
+        return regs
 
     def _let_escorts_go(self, timeout: float = 5.0) -> None:
         """Free every descendant we look after, each at a stop and rid of our int3s.
@@ -1068,26 +1083,14 @@ class Tracee:
     def _let_escort_go(self, tid: int, status: int) -> None:
         event = status >> 16
         sig = os.WSTOPSIG(status) if event == 0 else 0
-        if event in (ptrace.Event.FORK, ptrace.Event.VFORK, ptrace.Event.CLONE):
-            grandchild = ptrace.geteventmsg(tid)
-            kind = _Escort.COPY if event == ptrace.Event.FORK else _Escort.SHARED
-            self._adopt_escort(grandchild, kind)
+        self._adopt_grandchild(tid, event)
         if self._space is not None and event != ptrace.Event.EXEC:  # exec: not our memory now
             self._space.clean_copy(tid)
-            if sig == signal.SIGTRAP and self._rewind_our_trap(tid):
+            regs = self._at_our_trap(tid) if sig == signal.SIGTRAP else None
+            if regs is not None:
+                ptrace.setregs(tid, regs)  # the original instruction is back: run it
                 sig = 0
         self._release_escort(tid, sig)
-
-    def _rewind_our_trap(self, tid: int) -> bool:
-        """Point a thread stopped by one of our (now removed) int3s back at its address."""
-        assert self._space is not None
-        regs = ptrace.getregs(tid)
-        at = regs.rip - 1
-        if self._space.breakpoint_at(at) is None and not self._space.was_ours(at):
-            return False
-        regs.rip = at
-        ptrace.setregs(tid, regs)
-        return True
 
     def _release_escort(self, tid: int, sig: int) -> None:
         try:

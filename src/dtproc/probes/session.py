@@ -599,11 +599,7 @@ class Session:
         if self._stopped:
             return
         self._stopped = True
-        try:
-            for w in self._watched.values():
-                self._backend.disable(w.proc)
-        finally:
-            self._backend.close()
+        self._abandon_backend()
 
     def finish(self) -> int:
         """END, the aggregations (unless interrupted twice); the exit status."""
